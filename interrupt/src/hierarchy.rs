@@ -1,0 +1,190 @@
+//! The assembled hierarchy: one vector layer, one remap layer, and the device domains
+//! stacked on them.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use log::warn;
+
+use crate::domain::{DeviceDomain, DomainKind};
+use crate::remap::{RemapLayer, RemapOutcome, RequesterId};
+use crate::vector::{Gsi, VectorLayer};
+
+/// The interrupt hierarchy of one VM.
+pub struct InterruptHierarchy {
+    vectors: Arc<dyn VectorLayer>,
+    remap: RwLock<Arc<dyn RemapLayer>>,
+    domains: Mutex<Vec<Weak<DeviceDomain>>>,
+    exhausted_logged: AtomicBool,
+}
+
+impl InterruptHierarchy {
+    /// Stacks `remap` on `vectors`.
+    pub fn new(vectors: Arc<dyn VectorLayer>, remap: Arc<dyn RemapLayer>) -> Arc<Self> {
+        Arc::new(Self {
+            vectors,
+            remap: RwLock::new(remap),
+            domains: Mutex::new(Vec::new()),
+            exhausted_logged: AtomicBool::new(false),
+        })
+    }
+
+    /// Creates a per-device domain of `size` vectors. With `fixed_gsi_base`, vector `i` uses
+    /// GSI `base + i` (the IOAPIC's pins), otherwise GSIs are allocated dynamically.
+    pub fn create_domain(
+        self: &Arc<Self>,
+        name: &str,
+        kind: DomainKind,
+        requester: RequesterId,
+        size: usize,
+        fixed_gsi_base: Option<Gsi>,
+    ) -> Arc<DeviceDomain> {
+        let d = Arc::new(DeviceDomain::new(
+            self.clone(),
+            name.to_string(),
+            kind,
+            requester,
+            size,
+            fixed_gsi_base,
+        ));
+        let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        domains.retain(|w| w.strong_count() > 0);
+        domains.push(Arc::downgrade(&d));
+        d
+    }
+
+    /// The CPU vector layer.
+    pub fn vector_layer(&self) -> &Arc<dyn VectorLayer> {
+        &self.vectors
+    }
+
+    /// The remap layer currently in place.
+    pub fn remap_layer(&self) -> Arc<dyn RemapLayer> {
+        self.remap.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Live domains, in creation order.
+    pub fn domains(&self) -> Vec<Arc<DeviceDomain>> {
+        self.domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    pub(crate) fn note_gsi_exhausted(&self, limit: u32) {
+        if !self.exhausted_logged.swap(true, Ordering::Relaxed) {
+            warn!("all {limit} KVM routes in use: further vectors are delivered with KVM_SIGNAL_MSI (slower)");
+        }
+    }
+
+    /// Renders the hierarchy for a person: layers, then per domain and vector the message,
+    /// remap result, GSI, mask/pending state and counters. Vectors never programmed are
+    /// summarised.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let s = self.vectors.stats();
+        let _ = writeln!(out, "interrupt hierarchy");
+        let _ = writeln!(
+            out,
+            "  vector layer: kvm  routes={} allocated={} commits={} route_changes={} slow_path_msis={}",
+            s.routes, s.allocated, s.commits, s.route_changes, s.slow_path_signals
+        );
+        let _ = writeln!(out, "  remap layer: {}", self.remap_layer().name());
+        for d in self.domains() {
+            let snap = d.snapshot();
+            let _ = writeln!(
+                out,
+                "  domain {} [{}] requester {} vectors={}",
+                d.name(),
+                d.kind(),
+                d.requester(),
+                snap.len()
+            );
+            let mut idle = 0;
+            for v in &snap {
+                if v.message.is_none() && v.fires == 0 && v.gsi.is_none() {
+                    idle += 1;
+                    continue;
+                }
+                let msg = v.message.map_or("-".to_string(), |m| m.to_string());
+                let remap = match v.remapped {
+                    None => "inactive".to_string(),
+                    Some(RemapOutcome::Blocked) => "blocked".to_string(),
+                    Some(RemapOutcome::Deliver(m)) if Some(m) == v.message => "as-is".to_string(),
+                    Some(RemapOutcome::Deliver(m)) => format!("-> {m}"),
+                };
+                let gsi = v.gsi.map_or("-".to_string(), |g| g.to_string());
+                let _ = writeln!(
+                    out,
+                    "    [{:4}] {msg} remap={remap} gsi={gsi} {}{} fires={} delivered={} dropped={}",
+                    v.index,
+                    if v.masked { "masked" } else { "unmasked" },
+                    if v.pending { " pending" } else { "" },
+                    v.fires,
+                    v.deliveries,
+                    v.dropped
+                );
+            }
+            if idle > 0 {
+                let _ = writeln!(out, "    ({idle} vectors never programmed)");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msi::MsiMessage;
+    use crate::remap::NoRemap;
+    use crate::vector::{KvmVectorLayer, RecordingBackend};
+
+    #[test]
+    fn render_lists_domains_and_active_vectors() {
+        let b = Arc::new(RecordingBackend::default());
+        let h = InterruptHierarchy::new(
+            Arc::new(KvmVectorLayer::new(b, 24, 4096)),
+            Arc::new(NoRemap),
+        );
+        let d = h.create_domain(
+            "serial-test",
+            DomainKind::MsiX,
+            RequesterId::pci(0, 2, 0),
+            8,
+            None,
+        );
+        d.set_message(3, Some(MsiMessage::compose(1, false, 0x41, 0, false)))
+            .unwrap();
+        d.set_masked(3, false).unwrap();
+        d.fire(3).unwrap();
+        let text = h.render();
+        assert!(
+            text.contains("domain serial-test [PCI/MSI-X] requester 00:02.0 vectors=8"),
+            "{text}"
+        );
+        assert!(text.contains("[   3]"), "{text}");
+        assert!(
+            text.contains("gsi=24 unmasked fires=1 delivered=1"),
+            "{text}"
+        );
+        assert!(text.contains("(7 vectors never programmed)"), "{text}");
+        assert!(text.contains("commits=1"), "{text}");
+    }
+
+    #[test]
+    fn dropped_domains_disappear_from_the_view() {
+        let b = Arc::new(RecordingBackend::default());
+        let h = InterruptHierarchy::new(
+            Arc::new(KvmVectorLayer::new(b, 24, 4096)),
+            Arc::new(NoRemap),
+        );
+        let d = h.create_domain("x", DomainKind::Msi, RequesterId(0), 1, None);
+        assert_eq!(h.domains().len(), 1);
+        drop(d);
+        assert!(h.domains().is_empty());
+    }
+}

@@ -1,0 +1,34 @@
+//! The VMM side of Linux's MSI interrupt hierarchy.
+//!
+//! Linux (since 6.2) stacks per-device MSI domains on an optional interrupt-remapping
+//! domain, which sits on the CPU vector domain:
+//!
+//! ```text
+//! [per-device PCI/MSI | PCI/MSI-X | IMS | IOAPIC]  -> DeviceDomain  (this crate: domain.rs)
+//!            -> [IOMMU interrupt remapping]        -> RemapLayer    (remap.rs)
+//!            -> [CPU vector]                        -> VectorLayer   (vector.rs, KVM GSI routes + irqfds)
+//! ```
+//!
+//! Every interrupt source of the VMM ends on a KVM irqfd bound to a GSI whose route carries the
+//! (remapped) MSI message, so firing an interrupt is one `eventfd` write with no userspace hop
+//! in KVM. Route changes are collected by the vector layer and committed with one
+//! `KVM_SET_GSI_ROUTING` just before a changed vector can fire.
+
+pub mod domain;
+pub mod error;
+pub mod hierarchy;
+pub mod msi;
+pub mod remap;
+pub mod vector;
+
+pub use domain::{DeviceDomain, DomainKind, VectorSnapshot};
+pub use error::Error;
+pub use hierarchy::InterruptHierarchy;
+pub use msi::MsiMessage;
+pub use remap::{NoRemap, RemapLayer, RemapOutcome, RequesterId};
+pub use vector::{
+    Gsi, KvmVectorLayer, RecordingBackend, RoutingBackend, Vector, VectorLayer, VectorLayerStats,
+};
+
+/// Convenience result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

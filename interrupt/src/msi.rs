@@ -1,0 +1,171 @@
+//! MSI messages as seen by the x86 interrupt architecture.
+
+use std::fmt;
+
+/// Base of the x86 interrupt address window (`0xFEEx_xxxx`).
+pub const MSI_ADDRESS_BASE: u64 = 0xFEE0_0000;
+/// Mask selecting the interrupt address window from an MSI address.
+pub const MSI_ADDRESS_WINDOW_MASK: u64 = 0xFFF0_0000;
+
+/// x86 delivery modes encoded in MSI data bits 10:8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Fixed.
+    Fixed,
+    /// Lowest priority.
+    LowestPriority,
+    /// SMI.
+    Smi,
+    /// NMI.
+    Nmi,
+    /// INIT.
+    Init,
+    /// External interrupt.
+    ExtInt,
+    /// A reserved encoding.
+    Reserved(u8),
+}
+
+/// An MSI message: the address/data pair a device writes to signal an interrupt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MsiMessage {
+    /// Full 64-bit message address.
+    pub address: u64,
+    /// Message data (only the low 16 bits are architectural for compatibility format).
+    pub data: u32,
+}
+
+impl MsiMessage {
+    /// Builds a message from its two address halves and data.
+    pub fn new(address_lo: u32, address_hi: u32, data: u32) -> Self {
+        Self {
+            address: (u64::from(address_hi) << 32) | u64::from(address_lo),
+            data,
+        }
+    }
+
+    /// Composes a compatibility-format message targeting `dest` (an APIC ID; IDs above 255
+    /// use KVM's x2APIC API encoding in address bits 63:40).
+    pub fn compose(dest: u32, logical: bool, vector: u8, mode: u8, level: bool) -> Self {
+        let address = MSI_ADDRESS_BASE
+            | (u64::from(dest & 0xff) << 12)
+            | (u64::from(logical) << 2)
+            | (u64::from(dest & 0xffff_ff00) << 32);
+        let data =
+            u32::from(vector) | (u32::from(mode & 7) << 8) | (u32::from(level) << 15) | (1 << 14);
+        Self { address, data }
+    }
+
+    /// Low 32 bits of the address.
+    pub fn address_lo(&self) -> u32 {
+        self.address as u32
+    }
+
+    /// High 32 bits of the address.
+    pub fn address_hi(&self) -> u32 {
+        (self.address >> 32) as u32
+    }
+
+    /// Whether the address lies in the x86 interrupt window `0xFEEx_xxxx` (high bits may
+    /// only carry KVM's extended destination bits 63:40).
+    pub fn targets_interrupt_window(&self) -> bool {
+        (self.address & 0xff_ffff_ffff & !0xf_ffff) == MSI_ADDRESS_BASE
+    }
+
+    /// Whether this is a remappable-format message (address bit 4, Intel VT-d).
+    pub fn is_remappable(&self) -> bool {
+        self.address & (1 << 4) != 0
+    }
+
+    /// Destination APIC ID (compatibility format; includes KVM x2APIC high bits).
+    pub fn destination(&self) -> u32 {
+        (((self.address >> 12) & 0xff) as u32) | (((self.address >> 32) as u32) & 0xffff_ff00)
+    }
+
+    /// Destination mode: true for logical.
+    pub fn logical_destination(&self) -> bool {
+        self.address & (1 << 2) != 0
+    }
+
+    /// Interrupt vector (data bits 7:0).
+    pub fn vector(&self) -> u8 {
+        self.data as u8
+    }
+
+    /// Delivery mode (data bits 10:8).
+    pub fn delivery_mode(&self) -> DeliveryMode {
+        match ((self.data >> 8) & 7) as u8 {
+            0 => DeliveryMode::Fixed,
+            1 => DeliveryMode::LowestPriority,
+            2 => DeliveryMode::Smi,
+            4 => DeliveryMode::Nmi,
+            5 => DeliveryMode::Init,
+            7 => DeliveryMode::ExtInt,
+            r => DeliveryMode::Reserved(r),
+        }
+    }
+
+    /// Trigger mode (data bit 15): true for level.
+    pub fn level_triggered(&self) -> bool {
+        self.data & (1 << 15) != 0
+    }
+}
+
+impl fmt::Display for MsiMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "addr {:#x} data {:#06x}", self.address, self.data)?;
+        if self.targets_interrupt_window() && !self.is_remappable() {
+            write!(
+                f,
+                " (dest {}{} vec {:#04x} {:?}{})",
+                self.destination(),
+                if self.logical_destination() {
+                    " logical"
+                } else {
+                    ""
+                },
+                self.vector(),
+                self.delivery_mode(),
+                if self.level_triggered() { " level" } else { "" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_roundtrips_fields() {
+        let m = MsiMessage::compose(3, false, 0x41, 0, true);
+        assert_eq!(m.address, 0xFEE0_3000);
+        assert_eq!(m.vector(), 0x41);
+        assert_eq!(m.destination(), 3);
+        assert!(m.level_triggered());
+        assert_eq!(m.delivery_mode(), DeliveryMode::Fixed);
+        assert!(m.targets_interrupt_window());
+    }
+
+    #[test]
+    fn x2apic_destination_uses_high_address_bits() {
+        let m = MsiMessage::compose(0x1_2345, false, 0x30, 0, false);
+        assert_eq!(m.address_hi(), 0x0001_2300);
+        assert_eq!(m.destination(), 0x1_2345);
+        assert!(m.targets_interrupt_window());
+    }
+
+    #[test]
+    fn addresses_outside_window_are_detected() {
+        assert!(!MsiMessage::new(0, 0, 0x30).targets_interrupt_window());
+        assert!(!MsiMessage::new(0xFED0_0000, 0, 0x30).targets_interrupt_window());
+        assert!(!MsiMessage::new(0xFEE0_0000, 0x1, 0x30).targets_interrupt_window());
+    }
+
+    #[test]
+    fn remappable_bit_is_bit_4() {
+        assert!(MsiMessage::new(0xFEE0_0010, 0, 0).is_remappable());
+        assert!(!MsiMessage::new(0xFEE0_0000, 0, 0).is_remappable());
+    }
+}
