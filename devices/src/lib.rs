@@ -1,1 +1,11 @@
-//! placeholder
+//! Platform device models of the VMM.
+//!
+//! - [`ioapic::Ioapic`]: the userspace IOAPIC of a split-irqchip VM; each redirection entry
+//!   is a vector of an `IO-APIC` interrupt domain, so pins end on KVM irqfd routes like MSIs.
+//! - [`serial::SerialPort`]: a 16550A UART (vm-superio) on an IOAPIC pin.
+//! - [`power::PowerManagement`]: the HW-reduced ACPI sleep-control/reset register and the
+//!   legacy reset ports, turning guest requests into [`power::GuestEvent`]s.
+
+pub mod ioapic;
+pub mod power;
+pub mod serial;

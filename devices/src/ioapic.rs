@@ -1,0 +1,400 @@
+//! Userspace IOAPIC (82093AA register model) for KVM's split irqchip.
+//!
+//! Each of the 24 pins owns vector `pin` of an `IO-APIC` [`DeviceDomain`] with fixed GSI
+//! `pin`: KVM scans MSI routes of GSIs below the split-irqchip pin count to learn which
+//! vectors are level-triggered IOAPIC vectors, and reports their EOIs with
+//! `KVM_EXIT_IOAPIC_EOI`, which [`Ioapic::end_of_interrupt`] handles (remote IRR, re-delivery of
+//! a still-asserted level line).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use interrupt::{DeviceDomain, DomainKind, InterruptHierarchy, MsiMessage, RequesterId};
+use log::{debug, warn};
+use vm_device::bus::MmioAddress;
+use vm_device::DeviceMmio;
+
+/// Number of redirection entries (pins).
+pub const NUM_PINS: usize = 24;
+/// Guest-physical base of the IOAPIC register window.
+pub const IOAPIC_BASE: u64 = 0xFEC0_0000;
+/// Size of the register window.
+pub const IOAPIC_SIZE: u64 = 0x1000;
+/// Requester (source) ID the IOAPIC uses for remapping.
+pub const IOAPIC_REQUESTER_ID: RequesterId = RequesterId(0xF0F8);
+/// Version register value of the classic IOAPIC (no EOI register).
+pub const IOAPIC_VERSION_11: u8 = 0x11;
+
+const IOREGSEL: u64 = 0x00;
+const IOWIN: u64 = 0x10;
+const IOEOI: u64 = 0x40;
+const REG_ID: u32 = 0x00;
+const REG_VER: u32 = 0x01;
+const REG_ARB: u32 = 0x02;
+const REG_REDTBL: u32 = 0x10;
+
+/// Redirection table entry bits.
+pub mod rte {
+    /// Vector (7:0).
+    pub const VECTOR: u64 = 0xff;
+    /// Delivery mode (10:8).
+    pub const DELIVERY_MODE_SHIFT: u32 = 8;
+    /// Destination mode (11): logical when set.
+    pub const DEST_LOGICAL: u64 = 1 << 11;
+    /// Delivery status (12), read-only.
+    pub const DELIVERY_STATUS: u64 = 1 << 12;
+    /// Polarity (13): active low when set.
+    pub const POLARITY_LOW: u64 = 1 << 13;
+    /// Remote IRR (14), read-only.
+    pub const REMOTE_IRR: u64 = 1 << 14;
+    /// Trigger mode (15): level when set.
+    pub const LEVEL: u64 = 1 << 15;
+    /// Mask (16).
+    pub const MASKED: u64 = 1 << 16;
+    /// Destination (63:56).
+    pub const DEST_SHIFT: u32 = 56;
+    /// Bits the guest may write.
+    pub const WRITABLE: u64 = 0xff00_0000_0001_afff;
+}
+
+struct State {
+    id: u8,
+    ioregsel: u32,
+    rtes: [u64; NUM_PINS],
+    /// Current input line levels (true = asserted).
+    lines: [bool; NUM_PINS],
+    /// Interrupts handed to the domain, per pin.
+    delivered: [u64; NUM_PINS],
+}
+
+/// A userspace IOAPIC whose pins are delivered through the interrupt hierarchy.
+pub struct Ioapic {
+    state: Mutex<State>,
+    domain: Arc<DeviceDomain>,
+}
+
+impl Ioapic {
+    /// Creates the IOAPIC with APIC ID `id`, its domain on GSIs `0..NUM_PINS` of `hierarchy`.
+    pub fn new(id: u8, hierarchy: &Arc<InterruptHierarchy>) -> Self {
+        let domain = hierarchy.create_domain(
+            "ioapic",
+            DomainKind::Ioapic,
+            IOAPIC_REQUESTER_ID,
+            NUM_PINS,
+            Some(0),
+        );
+        Self {
+            state: Mutex::new(State {
+                id,
+                ioregsel: 0,
+                rtes: [rte::MASKED; NUM_PINS],
+                lines: [false; NUM_PINS],
+                delivered: [0; NUM_PINS],
+            }),
+            domain,
+        }
+    }
+
+    /// The IOAPIC's interrupt domain.
+    pub fn domain(&self) -> &Arc<DeviceDomain> {
+        &self.domain
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads redirection entry `pin` (for tests and the hierarchy view).
+    pub fn redirection_entry(&self, pin: usize) -> Option<u64> {
+        self.lock().rtes.get(pin).copied()
+    }
+
+    /// Sets input line `pin` to `asserted`. Edge pins deliver on a rising edge; level pins
+    /// deliver while asserted, once per EOI (remote IRR).
+    pub fn set_irq(&self, pin: usize, asserted: bool) {
+        let mut s = self.lock();
+        let Some(&old) = s.lines.get(pin) else {
+            warn!("ioapic: input on nonexistent pin {pin}");
+            return;
+        };
+        s.lines[pin] = asserted;
+        let entry = s.rtes[pin];
+        if entry & rte::LEVEL != 0 {
+            if asserted {
+                self.try_deliver_level(&mut s, pin);
+            }
+        } else if asserted && !old && entry & rte::MASKED == 0 {
+            self.deliver(&mut s, pin);
+        }
+    }
+
+    /// Raises and lowers an edge-triggered line.
+    pub fn pulse(&self, pin: usize) {
+        self.set_irq(pin, true);
+        self.set_irq(pin, false);
+    }
+
+    /// Handles the guest's EOI of `vector` (from `KVM_EXIT_IOAPIC_EOI` or the EOI register):
+    /// clears remote IRR of level pins on that vector and re-delivers still-asserted lines.
+    pub fn end_of_interrupt(&self, vector: u8) {
+        let mut s = self.lock();
+        for pin in 0..NUM_PINS {
+            let e = s.rtes[pin];
+            if (e & rte::VECTOR) as u8 != vector || e & rte::REMOTE_IRR == 0 {
+                continue;
+            }
+            s.rtes[pin] &= !rte::REMOTE_IRR;
+            if e & rte::LEVEL != 0 && s.lines[pin] {
+                self.try_deliver_level(&mut s, pin);
+            }
+        }
+    }
+
+    fn try_deliver_level(&self, s: &mut State, pin: usize) {
+        let e = s.rtes[pin];
+        if e & (rte::MASKED | rte::REMOTE_IRR) == 0 {
+            s.rtes[pin] |= rte::REMOTE_IRR;
+            self.deliver(s, pin);
+        }
+    }
+
+    fn deliver(&self, s: &mut State, pin: usize) {
+        s.delivered[pin] += 1;
+        if let Err(e) = self.domain.fire(pin) {
+            warn!("ioapic: pin {pin}: {e}");
+        }
+    }
+
+    /// The message a redirection entry describes.
+    pub fn entry_message(entry: u64) -> MsiMessage {
+        MsiMessage::compose(
+            (entry >> rte::DEST_SHIFT) as u32,
+            entry & rte::DEST_LOGICAL != 0,
+            (entry & rte::VECTOR) as u8,
+            ((entry >> rte::DELIVERY_MODE_SHIFT) & 7) as u8,
+            entry & rte::LEVEL != 0,
+        )
+    }
+
+    fn write_rte(&self, s: &mut State, pin: usize, value: u64) {
+        let old = s.rtes[pin];
+        let mut new = (old & !rte::WRITABLE) | (value & rte::WRITABLE);
+        if new & rte::LEVEL == 0 {
+            new &= !rte::REMOTE_IRR;
+        }
+        s.rtes[pin] = new;
+        let masked = new & rte::MASKED != 0;
+        if let Err(e) = self
+            .domain
+            .set_message(pin, Some(Self::entry_message(new)))
+            .and_then(|_| self.domain.set_masked(pin, masked))
+        {
+            warn!("ioapic: pin {pin}: {e}");
+        }
+        debug!("ioapic: pin {pin} rte {new:#018x}");
+        // Unmasking a level line that is still asserted delivers it.
+        if !masked && new & rte::LEVEL != 0 && s.lines[pin] {
+            self.try_deliver_level(s, pin);
+        }
+    }
+
+    fn read_register(&self, s: &State) -> u32 {
+        match s.ioregsel {
+            REG_ID | REG_ARB => u32::from(s.id & 0xf) << 24,
+            REG_VER => ((NUM_PINS as u32 - 1) << 16) | u32::from(IOAPIC_VERSION_11),
+            r if (REG_REDTBL..REG_REDTBL + 2 * NUM_PINS as u32).contains(&r) => {
+                let pin = ((r - REG_REDTBL) / 2) as usize;
+                let e = s.rtes[pin];
+                if r % 2 == 0 {
+                    e as u32
+                } else {
+                    (e >> 32) as u32
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    fn write_register(&self, s: &mut State, value: u32) {
+        match s.ioregsel {
+            REG_ID => s.id = ((value >> 24) & 0xf) as u8,
+            r if (REG_REDTBL..REG_REDTBL + 2 * NUM_PINS as u32).contains(&r) => {
+                let pin = ((r - REG_REDTBL) / 2) as usize;
+                let old = s.rtes[pin];
+                let new = if r % 2 == 0 {
+                    (old & !0xffff_ffff) | u64::from(value)
+                } else {
+                    (old & 0xffff_ffff) | (u64::from(value) << 32)
+                };
+                self.write_rte(s, pin, new);
+            }
+            _ => {} // VER, ARB and unknown registers are read-only / ignored.
+        }
+    }
+
+    /// Interrupts delivered per pin (for the hierarchy view and tests).
+    pub fn delivered(&self, pin: usize) -> u64 {
+        self.lock().delivered.get(pin).copied().unwrap_or(0)
+    }
+}
+
+impl DeviceMmio for Ioapic {
+    fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if data.len() != 4 {
+            return; // Only 32-bit accesses are defined.
+        }
+        let s = self.lock();
+        let v = match offset {
+            IOREGSEL => s.ioregsel,
+            IOWIN => self.read_register(&s),
+            _ => 0,
+        };
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) {
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        let v = u32::from_le_bytes(bytes);
+        let mut s = self.lock();
+        match offset {
+            IOREGSEL => s.ioregsel = v & 0xff,
+            IOWIN => self.write_register(&mut s, v),
+            IOEOI => {
+                drop(s);
+                // Only a version 0x20 IOAPIC has this register; honouring it is harmless.
+                self.end_of_interrupt(v as u8);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use interrupt::{KvmVectorLayer, NoRemap, RecordingBackend};
+
+    fn setup() -> (Arc<RecordingBackend>, Ioapic) {
+        let b = Arc::new(RecordingBackend::default());
+        let h = InterruptHierarchy::new(
+            Arc::new(KvmVectorLayer::new(b.clone(), 24, 4096)),
+            Arc::new(NoRemap),
+        );
+        (b, Ioapic::new(0, &h))
+    }
+
+    fn wr(io: &Ioapic, off: u64, v: u32) {
+        io.mmio_write(MmioAddress(IOAPIC_BASE), off, &v.to_le_bytes());
+    }
+
+    fn rd(io: &Ioapic, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        io.mmio_read(MmioAddress(IOAPIC_BASE), off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn program(io: &Ioapic, pin: u32, lo: u32, hi: u32) {
+        wr(io, IOREGSEL, REG_REDTBL + 2 * pin + 1);
+        wr(io, IOWIN, hi);
+        wr(io, IOREGSEL, REG_REDTBL + 2 * pin);
+        wr(io, IOWIN, lo);
+    }
+
+    #[test]
+    fn version_register_reports_24_pins() {
+        let (_, io) = setup();
+        wr(&io, IOREGSEL, REG_VER);
+        assert_eq!(rd(&io, IOWIN), 0x0017_0011);
+    }
+
+    #[test]
+    fn entries_start_masked_and_read_only_bits_ignore_writes() {
+        let (_, io) = setup();
+        assert_eq!(io.redirection_entry(3), Some(rte::MASKED));
+        program(&io, 3, 0x0001_5031, 0x0100_0000); // tries to set delivery status + remote IRR
+        let e = io.redirection_entry(3).unwrap();
+        assert_eq!(e & (rte::DELIVERY_STATUS | rte::REMOTE_IRR), 0);
+        assert_eq!(e >> 56, 1);
+    }
+
+    #[test]
+    fn edge_pin_delivers_on_rising_edge_only_when_unmasked() {
+        let (b, io) = setup();
+        io.pulse(4); // masked: lost
+        program(&io, 4, 0x24, 0);
+        io.pulse(4);
+        io.set_irq(4, true);
+        io.set_irq(4, true); // no new edge
+        assert_eq!(io.delivered(4), 2);
+        let routes = b.committed.lock().unwrap().clone();
+        assert_eq!(
+            routes,
+            vec![(4, MsiMessage::compose(0, false, 0x24, 0, false))]
+        );
+    }
+
+    #[test]
+    fn level_pin_sets_remote_irr_and_redelivers_after_eoi_while_asserted() {
+        let (_, io) = setup();
+        program(&io, 9, 0x8000 | 0x39, 0);
+        io.set_irq(9, true);
+        assert_eq!(io.delivered(9), 1);
+        assert_ne!(io.redirection_entry(9).unwrap() & rte::REMOTE_IRR, 0);
+        io.set_irq(9, true); // remote IRR blocks
+        assert_eq!(io.delivered(9), 1);
+        io.end_of_interrupt(0x39);
+        assert_eq!(io.delivered(9), 2);
+        io.set_irq(9, false);
+        io.end_of_interrupt(0x39);
+        assert_eq!(io.delivered(9), 2);
+        assert_eq!(io.redirection_entry(9).unwrap() & rte::REMOTE_IRR, 0);
+    }
+
+    #[test]
+    fn unmasking_asserted_level_line_delivers() {
+        let (_, io) = setup();
+        program(&io, 10, 0x1_8000 | 0x3a, 0);
+        io.set_irq(10, true);
+        assert_eq!(io.delivered(10), 0);
+        program(&io, 10, 0x8000 | 0x3a, 0);
+        assert_eq!(io.delivered(10), 1);
+    }
+
+    #[test]
+    fn level_route_carries_trigger_bit_for_kvm_eoi_tracking() {
+        let (b, io) = setup();
+        program(&io, 9, 0x8000 | 0x39, 0x0200_0000);
+        io.set_irq(9, true);
+        let routes = b.committed.lock().unwrap().clone();
+        assert_eq!(routes.len(), 1);
+        assert!(routes[0].1.level_triggered());
+        assert_eq!(routes[0].1.destination(), 2);
+    }
+
+    #[test]
+    fn eoi_register_clears_remote_irr() {
+        let (_, io) = setup();
+        program(&io, 9, 0x8000 | 0x39, 0);
+        io.set_irq(9, true);
+        io.set_irq(9, false);
+        wr(&io, IOEOI, 0x39);
+        assert_eq!(io.redirection_entry(9).unwrap() & rte::REMOTE_IRR, 0);
+    }
+
+    #[test]
+    fn garbage_accesses_do_not_panic() {
+        let (_, io) = setup();
+        for sel in [0u32, 1, 2, 3, 0x0f, 0x3f, 0x40, 0xff, 0xffff_ffff] {
+            wr(&io, IOREGSEL, sel);
+            wr(&io, IOWIN, 0xffff_ffff);
+            let _ = rd(&io, IOWIN);
+        }
+        io.mmio_write(MmioAddress(IOAPIC_BASE), 0x10, &[1, 2]);
+        let mut b = [0u8; 8];
+        io.mmio_read(MmioAddress(IOAPIC_BASE), 0x10, &mut b);
+        io.set_irq(1000, true);
+        io.end_of_interrupt(0xff);
+    }
+}
