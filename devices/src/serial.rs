@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn odd_sized_accesses_are_ignored() {
         let (_, port, out, _) = setup();
-        port.pio_write(PioAddress(COM1_PORT), 0, &[b'x', b'y']);
+        port.pio_write(PioAddress(COM1_PORT), 0, b"xy");
         let mut b = [0u8; 2];
         port.pio_read(PioAddress(COM1_PORT), 9, &mut b);
         assert_eq!(b, [0xff, 0xff]);

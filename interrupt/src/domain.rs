@@ -337,7 +337,7 @@ impl Drop for DeviceDomain {
 mod tests {
     use super::*;
     use crate::remap::NoRemap;
-    use crate::vector::{KvmVectorLayer, RecordingBackend, VectorLayer};
+    use crate::vector::{KvmVectorLayer, RecordingBackend};
     use std::sync::atomic::Ordering;
 
     fn setup(max: Gsi) -> (Arc<RecordingBackend>, Arc<InterruptHierarchy>) {

@@ -74,7 +74,7 @@ impl PciRoot {
     /// functions and malformed accesses read as all ones.
     pub fn config_read(&self, bus: u8, dev: u8, func: u8, offset: usize, data: &mut [u8]) {
         data.fill(0xff);
-        if !matches!(data.len(), 1 | 2 | 4) || offset % data.len() != 0 {
+        if !matches!(data.len(), 1 | 2 | 4) || !offset.is_multiple_of(data.len()) {
             return;
         }
         if let Some(d) = self.function(bus, dev, func) {
@@ -86,7 +86,7 @@ impl PciRoot {
 
     /// Writes `data` (1, 2 or 4 bytes, naturally aligned) to configuration space.
     pub fn config_write(&self, bus: u8, dev: u8, func: u8, offset: usize, data: &[u8]) {
-        if !matches!(data.len(), 1 | 2 | 4) || offset % data.len() != 0 {
+        if !matches!(data.len(), 1 | 2 | 4) || !offset.is_multiple_of(data.len()) {
             return;
         }
         if let Some(d) = self.function(bus, dev, func) {

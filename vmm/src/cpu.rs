@@ -1,0 +1,303 @@
+//! vCPU configuration: CPUID (x2APIC, topology, KVM paravirt leaves), MSRs, FPU, LAPIC LVTs
+//! and the boot vCPU's 64-bit entry state.
+
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+};
+use kvm_ioctls::{Kvm, VcpuFd};
+use thiserror::Error;
+
+use crate::boot::GDT;
+use crate::layout::*;
+
+/// Errors while configuring a vCPU.
+#[derive(Debug, Error)]
+pub enum CpuError {
+    /// A KVM vCPU ioctl failed.
+    #[error("{what} failed for vCPU {cpu}: {source}")]
+    Kvm {
+        /// Which operation.
+        what: &'static str,
+        /// vCPU index.
+        cpu: u32,
+        /// Cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Leaf 1 ECX: x2APIC.
+const CPUID_1_ECX_X2APIC: u32 = 1 << 21;
+/// Leaf 1 ECX: TSC-deadline timer.
+const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// Leaf 1 ECX: running under a hypervisor.
+const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 EDX: HTT (EBX[23:16] is valid).
+const CPUID_1_EDX_HTT: u32 = 1 << 28;
+
+fn cpu_err(what: &'static str, cpu: u32) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
+    move |source| CpuError::Kvm { what, cpu, source }
+}
+
+/// Number of bits needed to hold IDs `0..n`.
+fn id_bits(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+/// Builds the CPUID of vCPU `cpu` (APIC ID = `cpu`) out of KVM's supported CPUID.
+/// Topology: one package, `ncpus` cores, one thread per core.
+pub fn build_cpuid(base: &CpuId, cpu: u32, ncpus: u32) -> CpuId {
+    let mut entries: Vec<_> = base.as_slice().to_vec();
+    let core_bits = id_bits(ncpus);
+    let max_basic = entries
+        .iter()
+        .find(|e| e.function == 0)
+        .map_or(0, |e| e.eax);
+    // Drop the topology leaves and rebuild them.
+    entries.retain(|e| e.function != 0xb && e.function != 0x1f);
+    for e in entries.iter_mut() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0xffff) | ((cpu & 0xff) << 24) | ((ncpus.min(255)) << 16);
+                e.ecx |= CPUID_1_ECX_X2APIC | CPUID_1_ECX_HYPERVISOR | CPUID_1_ECX_TSC_DEADLINE;
+                if ncpus > 1 {
+                    e.edx |= CPUID_1_EDX_HTT;
+                } else {
+                    e.edx &= !CPUID_1_EDX_HTT;
+                }
+            }
+            4 => {
+                // Deterministic cache parameters: cores per package - 1 in EAX[31:26].
+                e.eax = (e.eax & 0x03ff_ffff) | (((ncpus.min(64) - 1) & 0x3f) << 26);
+            }
+            0x8000_0008 => {
+                // AMD: number of cores - 1 and APIC ID size.
+                e.ecx = (e.ecx & !0xf0ff) | ((ncpus - 1).min(255)) | (core_bits.max(1) << 12);
+            }
+            0x8000_001e => {
+                // AMD extended APIC ID, compute unit = core.
+                e.eax = cpu;
+                e.ebx = cpu & 0xff;
+                e.ecx = 0;
+            }
+            _ => {}
+        }
+    }
+    if max_basic >= 0xb {
+        let level = |index: u32, eax: u32, ebx: u32, kind: u32| kvm_bindings::kvm_cpuid_entry2 {
+            function: 0xb,
+            index,
+            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            eax,
+            ebx,
+            ecx: (kind << 8) | index,
+            edx: cpu,
+            ..Default::default()
+        };
+        entries.push(level(0, 0, 1, 1)); // SMT: 1 thread per core
+        entries.push(level(1, core_bits, ncpus, 2)); // Core: ncpus per package
+        entries.push(level(2, 0, 0, 0)); // invalid: end of levels
+    }
+    CpuId::from_entries(&entries).unwrap_or_else(|_| base.clone())
+}
+
+/// MSRs set on every vCPU, filtered by what KVM supports.
+fn boot_msrs(supported: &[u32]) -> Vec<kvm_msr_entry> {
+    const MSRS: &[(u32, u64)] = &[
+        (0x174, 0),               // IA32_SYSENTER_CS
+        (0x175, 0),               // IA32_SYSENTER_ESP
+        (0x176, 0),               // IA32_SYSENTER_EIP
+        (0xc000_0081, 0),         // STAR
+        (0xc000_0083, 0),         // CSTAR
+        (0xc000_0102, 0),         // KERNEL_GS_BASE
+        (0xc000_0084, 0),         // SYSCALL_MASK
+        (0xc000_0082, 0),         // LSTAR
+        (0x10, 0),                // IA32_TSC
+        (0x1a0, 1),               // IA32_MISC_ENABLE: fast strings
+        (0x2ff, (1 << 11) | 0x6), // MTRRdefType: enabled, write-back
+    ];
+    MSRS.iter()
+        .filter(|(i, _)| supported.contains(i))
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Configures CPUID, MSRs, FPU and LAPIC of vCPU `cpu`.
+pub fn configure_vcpu(
+    kvm: &Kvm,
+    vcpu: &VcpuFd,
+    base_cpuid: &CpuId,
+    cpu: u32,
+    ncpus: u32,
+) -> Result<(), CpuError> {
+    vcpu.set_cpuid2(&build_cpuid(base_cpuid, cpu, ncpus))
+        .map_err(cpu_err("KVM_SET_CPUID2", cpu))?;
+    let supported = kvm
+        .get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .unwrap_or_default();
+    let entries = boot_msrs(&supported);
+    let msrs = Msrs::from_entries(&entries).map_err(|_| CpuError::Kvm {
+        what: "building MSR list",
+        cpu,
+        source: kvm_ioctls::Error::new(libc::E2BIG),
+    })?;
+    vcpu.set_msrs(&msrs).map_err(cpu_err("KVM_SET_MSRS", cpu))?;
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(cpu_err("KVM_SET_FPU", cpu))?;
+    set_lint(vcpu, cpu)?;
+    Ok(())
+}
+
+/// LINT0 = ExtINT, LINT1 = NMI, as firmware leaves them.
+fn set_lint(vcpu: &VcpuFd, cpu: u32) -> Result<(), CpuError> {
+    const APIC_LVT0: usize = 0x350;
+    const APIC_LVT1: usize = 0x360;
+    let mut lapic = vcpu.get_lapic().map_err(cpu_err("KVM_GET_LAPIC", cpu))?;
+    let regs = &mut lapic.regs;
+    let rd = |r: &[i8], off: usize| {
+        u32::from_le_bytes([
+            r[off] as u8,
+            r[off + 1] as u8,
+            r[off + 2] as u8,
+            r[off + 3] as u8,
+        ])
+    };
+    let wr = |r: &mut [i8], off: usize, v: u32| {
+        for (i, b) in v.to_le_bytes().iter().enumerate() {
+            r[off + i] = *b as i8;
+        }
+    };
+    let lvt0 = (rd(regs, APIC_LVT0) & !0x700) | (7 << 8);
+    let lvt1 = (rd(regs, APIC_LVT1) & !0x700) | (4 << 8);
+    wr(regs, APIC_LVT0, lvt0);
+    wr(regs, APIC_LVT1, lvt1);
+    vcpu.set_lapic(&lapic)
+        .map_err(cpu_err("KVM_SET_LAPIC", cpu))
+}
+
+fn segment(selector: u16, gdt_entry: u64) -> kvm_segment {
+    let base = ((gdt_entry >> 16) & 0xff_ffff) | ((gdt_entry >> 32) & 0xff00_0000);
+    let limit = ((gdt_entry & 0xffff) | ((gdt_entry >> 32) & 0xf_0000)) as u32;
+    let g = ((gdt_entry >> 55) & 1) as u8;
+    kvm_segment {
+        base,
+        limit: if g == 1 { (limit << 12) | 0xfff } else { limit },
+        selector,
+        type_: ((gdt_entry >> 40) & 0xf) as u8,
+        present: ((gdt_entry >> 47) & 1) as u8,
+        dpl: ((gdt_entry >> 45) & 3) as u8,
+        db: ((gdt_entry >> 54) & 1) as u8,
+        s: ((gdt_entry >> 44) & 1) as u8,
+        l: ((gdt_entry >> 53) & 1) as u8,
+        g,
+        avl: ((gdt_entry >> 52) & 1) as u8,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Puts the boot vCPU in 64-bit mode at `entry` with paging on the boot page tables.
+pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<(), CpuError> {
+    let mut sregs = vcpu.get_sregs().map_err(cpu_err("KVM_GET_SREGS", 0))?;
+    let code = segment(0x08, GDT[1]);
+    let data = segment(0x10, GDT[2]);
+    let tss = segment(0x18, GDT[3]);
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = (std::mem::size_of_val(&GDT) - 1) as u16;
+    sregs.idt.base = IDT_ADDR;
+    sregs.idt.limit = 7;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = tss;
+    sregs.cr3 = PML4_ADDR;
+    sregs.cr4 |= 1 << 5; // PAE
+    sregs.cr0 |= 1 | (1 << 31); // PE | PG
+    sregs.efer |= (1 << 8) | (1 << 10); // LME | LMA
+    vcpu.set_sregs(&sregs)
+        .map_err(cpu_err("KVM_SET_SREGS", 0))?;
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rsp: BOOT_STACK_POINTER,
+        rbp: BOOT_STACK_POINTER,
+        rsi: ZERO_PAGE_ADDR,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(cpu_err("KVM_SET_REGS", 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_cpuid_entry2;
+
+    fn base() -> CpuId {
+        let e = |function, eax| kvm_cpuid_entry2 {
+            function,
+            eax,
+            ..Default::default()
+        };
+        CpuId::from_entries(&[e(0, 0xd), e(1, 0), e(0xb, 0), e(0x8000_0008, 0)]).unwrap()
+    }
+
+    fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == f && e.index == i)
+            .unwrap()
+    }
+
+    #[test]
+    fn leaf1_reports_apic_id_and_x2apic() {
+        let c = build_cpuid(&base(), 1, 2);
+        let l1 = find(&c, 1, 0);
+        assert_eq!(l1.ebx >> 24, 1);
+        assert_eq!((l1.ebx >> 16) & 0xff, 2);
+        assert_ne!(l1.ecx & CPUID_1_ECX_X2APIC, 0);
+        assert_ne!(l1.edx & CPUID_1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn leaf_b_reports_full_x2apic_id_and_core_count() {
+        let c = build_cpuid(&base(), 300, 400);
+        assert_eq!(find(&c, 0xb, 0).edx, 300);
+        let core = find(&c, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, (core.ecx >> 8) & 0xff), (9, 400, 2));
+        assert_eq!(find(&c, 0xb, 2).ecx >> 8 & 0xff, 0);
+    }
+
+    #[test]
+    fn id_bits_rounds_up() {
+        assert_eq!(id_bits(1), 0);
+        assert_eq!(id_bits(2), 1);
+        assert_eq!(id_bits(3), 2);
+        assert_eq!(id_bits(256), 8);
+        assert_eq!(id_bits(257), 9);
+    }
+
+    #[test]
+    fn segments_decode_gdt() {
+        let cs = segment(8, GDT[1]);
+        assert_eq!((cs.l, cs.db, cs.present, cs.type_, cs.s), (1, 0, 1, 0xb, 1));
+        assert_eq!(cs.limit, 0xffff_ffff);
+        let ds = segment(0x10, GDT[2]);
+        assert_eq!((ds.l, ds.db, ds.type_), (0, 1, 3));
+    }
+}

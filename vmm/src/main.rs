@@ -1,0 +1,54 @@
+//! `vmm`: boot a Linux guest on KVM from the command line.
+//!
+//! Exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,
+//! 128+N terminated by signal N (SIGINT, SIGTERM).
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use vmm::config::{Cli, VmConfig};
+use vmm::vm::{ExitReason, Vm};
+
+/// Exit status when the guest rebooted.
+const EXIT_REBOOT: u8 = 3;
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's first line without its own "error: " prefix.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            return fail(2, first.trim_start_matches("error: "));
+        }
+    };
+    let config = match VmConfig::from_cli(cli) {
+        Ok(c) => c,
+        Err(e) => return fail(2, e),
+    };
+    let vm = match Vm::create(config) {
+        Ok(vm) => vm,
+        Err(e) => return fail(1, e),
+    };
+    match vm.run() {
+        Ok(ExitReason::PowerOff) => ExitCode::SUCCESS,
+        Ok(ExitReason::Reboot) => ExitCode::from(EXIT_REBOOT),
+        Ok(ExitReason::Signal(s)) => ExitCode::from(128u8.saturating_add(s as u8)),
+        Ok(ExitReason::Error(msg)) => fail(1, msg),
+        Err(e) => fail(1, e),
+    }
+}

@@ -1,0 +1,688 @@
+//! Building and running a VM: KVM setup, devices, vCPU threads and the main event loop.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API,
+    KVM_MAX_CPUID_ENTRIES, KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
+use log::{debug, error, info, warn};
+use thiserror::Error;
+use vm_allocator::AddressAllocator;
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use devices::ioapic::{Ioapic, IOAPIC_BASE, IOAPIC_SIZE};
+use devices::power::{GuestEvent, I8042Port, PowerManagement, ResetControlPort, SleepControlPort};
+use devices::serial::{IoapicPin, SerialPort, COM1_PIN, COM1_PORT};
+use interrupt::{InterruptHierarchy, KvmVectorLayer, NoRemap};
+use pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
+
+use crate::acpi::{self, AcpiConfig};
+use crate::boot::{self, BootError};
+use crate::config::{SerialMode, VmConfig};
+use crate::cpu::{self, CpuError};
+use crate::layout::*;
+use crate::terminal::RawTerminal;
+
+/// Number of IOAPIC pins reserved in KVM's split irqchip (GSIs 0..24).
+const IOAPIC_PINS: u32 = devices::ioapic::NUM_PINS as u32;
+
+/// Why the VM stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off.
+    PowerOff,
+    /// The guest rebooted (reset request or triple fault).
+    Reboot,
+    /// The VMM received a terminating signal.
+    Signal(i32),
+    /// A vCPU failed.
+    Error(String),
+}
+
+/// Errors while creating the VM (host-facing; each is one readable line).
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// /dev/kvm cannot be opened.
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// A required KVM capability is missing.
+    #[error("KVM lacks {0}, which this VMM requires")]
+    MissingCap(&'static str),
+    /// A KVM VM ioctl failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// Which operation.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// More memory was requested than the host has.
+    #[error("--memory of {requested} MiB exceeds the host's {available} MiB")]
+    MemoryBeyondHost {
+        /// Requested MiB.
+        requested: u64,
+        /// Host MiB.
+        available: u64,
+    },
+    /// More vCPUs than KVM supports.
+    #[error("--cpus boot={requested} exceeds KVM's limit of {max} vCPUs")]
+    TooManyVcpus {
+        /// Requested.
+        requested: u32,
+        /// KVM's maximum.
+        max: usize,
+    },
+    /// Loading the guest failed.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// Configuring a vCPU failed.
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    /// ACPI tables could not be built.
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] acpi::AcpiError),
+    /// Device setup failed.
+    #[error("device setup: {0}")]
+    Device(String),
+    /// Setting up the host side (files, event loop, threads) failed.
+    #[error("{what}: {source}")]
+    Host {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn host_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let what = what.into();
+    move |source| VmError::Host { what, source }
+}
+
+/// First exit reason reported wins; the main loop is woken through an eventfd.
+struct ExitSignal {
+    evt: EventFd,
+    reason: Mutex<Option<ExitReason>>,
+}
+
+impl ExitSignal {
+    fn raise(&self, r: ExitReason) {
+        let mut g = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(r);
+            let _ = self.evt.write(1);
+        }
+    }
+
+    fn get(&self) -> Option<ExitReason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// A created VM, ready to run.
+pub struct Vm {
+    config: VmConfig,
+    vcpus: Vec<VcpuFd>,
+    io: Arc<IoManager>,
+    ioapic: Arc<Ioapic>,
+    serial: Option<Arc<SerialPort>>,
+    serial_input_ready: EventFd,
+    hierarchy: Arc<InterruptHierarchy>,
+    exit: Arc<ExitSignal>,
+    // Kept alive for the VM's lifetime.
+    _vm: Arc<VmFd>,
+    _mem: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Creates the VM described by `config`: memory, devices, ACPI, kernel and vCPUs.
+    pub fn create(config: VmConfig) -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        for (cap, name) in [
+            (Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"),
+            (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
+            (Cap::X2ApicApi, "KVM_CAP_X2APIC_API"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        if let Some(host) = host_memory_mib() {
+            if config.memory >> 20 > host {
+                return Err(VmError::MemoryBeyondHost {
+                    requested: config.memory >> 20,
+                    available: host,
+                });
+            }
+        }
+        let max_vcpus = kvm.get_max_vcpus();
+        if config.vcpus as usize > max_vcpus {
+            return Err(VmError::TooManyVcpus {
+                requested: config.vcpus,
+                max: max_vcpus,
+            });
+        }
+
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        // Only meaningful on Intel hosts; harmless to fail elsewhere.
+        if let Err(e) = vm.set_tss_address(KVM_TSS_ADDR as usize) {
+            debug!("KVM_SET_TSS_ADDR: {e}");
+        }
+        let split = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            args: [u64::from(IOAPIC_PINS), 0, 0, 0],
+            ..Default::default()
+        };
+        vm.enable_cap(&split)
+            .map_err(kvm_err("enabling KVM_CAP_SPLIT_IRQCHIP"))?;
+        let x2apic = kvm_enable_cap {
+            cap: KVM_CAP_X2APIC_API,
+            args: [
+                u64::from(KVM_X2APIC_API_USE_32BIT_IDS | KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK),
+                0,
+                0,
+                0,
+            ],
+            ..Default::default()
+        };
+        vm.enable_cap(&x2apic)
+            .map_err(kvm_err("enabling KVM_CAP_X2APIC_API"))?;
+
+        let mem = boot::create_memory(config.memory)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the Vm keeps for as
+            // long as the VM exists.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        // Interrupt hierarchy: KVM vector layer, no remapping yet.
+        let max_routes = kvm
+            .check_extension_int(Cap::IrqRouting)
+            .max(IOAPIC_PINS as i32 + 1) as u32;
+        let vectors = Arc::new(KvmVectorLayer::new(vm.clone(), IOAPIC_PINS, max_routes));
+        let hierarchy = InterruptHierarchy::new(vectors, Arc::new(NoRemap));
+
+        let exit = Arc::new(ExitSignal {
+            evt: EventFd::new(EFD_NONBLOCK).map_err(host_err("eventfd"))?,
+            reason: Mutex::new(None),
+        });
+
+        // Devices.
+        let mut io = IoManager::new();
+        let ioapic = Arc::new(Ioapic::new(0, &hierarchy));
+        let range = |base: u64, size: u64| {
+            MmioRange::new(MmioAddress(base), size).map_err(|e| VmError::Device(format!("{e:?}")))
+        };
+        let prange = |base: u16, size: u16| {
+            PioRange::new(PioAddress(base), size).map_err(|e| VmError::Device(format!("{e:?}")))
+        };
+        let reg_err = |e: vm_device::bus::Error| VmError::Device(format!("{e:?}"));
+        io.register_mmio(range(IOAPIC_BASE, IOAPIC_SIZE)?, ioapic.clone())
+            .map_err(reg_err)?;
+
+        let serial_input_ready = EventFd::new(EFD_NONBLOCK).map_err(host_err("eventfd"))?;
+        let serial = match &config.serial {
+            SerialMode::Off => None,
+            mode => {
+                let out: Box<dyn Write + Send> = match mode {
+                    SerialMode::File(p) => Box::new(
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(p)
+                            .map_err(host_err(format!(
+                                "cannot open serial file {}",
+                                p.display()
+                            )))?,
+                    ),
+                    _ => {
+                        // SAFETY: dup of stdout gives a descriptor this File owns exclusively.
+                        let fd = unsafe { libc::dup(1) };
+                        if fd < 0 {
+                            return Err(host_err("dup(stdout)")(std::io::Error::last_os_error()));
+                        }
+                        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+                        Box::new(unsafe { File::from_raw_fd(fd) })
+                    }
+                };
+                let port = Arc::new(SerialPort::new(
+                    IoapicPin::new(ioapic.clone(), COM1_PIN),
+                    serial_input_ready
+                        .try_clone()
+                        .map_err(host_err("eventfd"))?,
+                    out,
+                ));
+                io.register_pio(prange(COM1_PORT, 8)?, port.clone())
+                    .map_err(reg_err)?;
+                Some(port)
+            }
+        };
+
+        let exit_pm = exit.clone();
+        let pm = Arc::new(PowerManagement::new(
+            acpi::ACPI_S5_SLP_TYP,
+            acpi::ACPI_RESET_VALUE,
+            Box::new(move |ev| {
+                exit_pm.raise(match ev {
+                    GuestEvent::PowerOff => ExitReason::PowerOff,
+                    GuestEvent::Reboot => ExitReason::Reboot,
+                })
+            }),
+        ));
+        io.register_pio(
+            prange(ACPI_PM_PORT, 1)?,
+            Arc::new(SleepControlPort(pm.clone())),
+        )
+        .map_err(reg_err)?;
+        io.register_pio(prange(0x64, 1)?, Arc::new(I8042Port(pm.clone())))
+            .map_err(reg_err)?;
+
+        // PCI.
+        let root = PciRoot::new();
+        let mmio64_start = pci_mmio64_start(config.memory);
+        let mut mmio32 = AddressAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE)
+            .map_err(|e| VmError::Device(e.to_string()))?;
+        let mut mmio64 = AddressAllocator::new(mmio64_start, PCI_MMIO64_SIZE)
+            .map_err(|e| VmError::Device(e.to_string()))?;
+        root.allocate_bars(&mut mmio32, &mut mmio64)
+            .map_err(|e| VmError::Device(e.to_string()))?;
+        let root = Arc::new(root);
+        // 0xCF8..0xCFF, with the byte-wide reset control register at 0xCF9 inside it.
+        let cfg_io = ConfigIoWithReset {
+            config: PciConfigIo::new(root.clone()),
+            reset: ResetControlPort(pm),
+        };
+        io.register_pio(prange(0xcf8, 8)?, Arc::new(cfg_io))
+            .map_err(reg_err)?;
+        io.register_mmio(
+            range(PCI_ECAM_START, PCI_ECAM_SIZE)?,
+            Arc::new(PciEcam::new(root.clone())),
+        )
+        .map_err(reg_err)?;
+        io.register_mmio(
+            range(PCI_MMIO32_START, PCI_MMIO32_SIZE)?,
+            Arc::new(PciMmioWindow::new(root.clone())),
+        )
+        .map_err(reg_err)?;
+        io.register_mmio(
+            range(mmio64_start, PCI_MMIO64_SIZE)?,
+            Arc::new(PciMmioWindow::new(root)),
+        )
+        .map_err(reg_err)?;
+
+        // ACPI, then the kernel (the zero page points at the RSDP).
+        let acpi_cfg = AcpiConfig {
+            num_cpus: config.vcpus,
+            ioapic_id: 0,
+            ioapic_addr: IOAPIC_BASE as u32,
+            ioapic_gsi_base: 0,
+            lapic_addr: LAPIC_START as u32,
+            ecam_base: PCI_ECAM_START,
+            ecam_end_bus: PCI_ECAM_END_BUS,
+            pci_mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
+            pci_mmio64: (mmio64_start, PCI_MMIO64_SIZE),
+            pm_port: ACPI_PM_PORT,
+            serial_com1: serial.is_some(),
+            extra_tables: Vec::new(),
+        };
+        let rsdp = acpi::create_acpi_tables(
+            &mem,
+            GuestAddress(RSDP_ADDR),
+            GuestAddress(ACPI_TABLES_ADDR),
+            GuestAddress(ACPI_TABLES_END),
+            &acpi_cfg,
+        )?;
+        let boot_info = boot::load_linux(
+            &mem,
+            config.memory,
+            &config.kernel,
+            config.initramfs.as_deref(),
+            &config.cmdline,
+            Some(rsdp.raw_value()),
+        )?;
+
+        // vCPUs.
+        let base_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let mut vcpus = Vec::new();
+        for id in 0..config.vcpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            cpu::configure_vcpu(&kvm, &vcpu, &base_cpuid, id, config.vcpus)?;
+            if id == 0 {
+                cpu::setup_boot_vcpu(&vcpu, boot_info.entry)?;
+            }
+            vcpus.push(vcpu);
+        }
+
+        Ok(Self {
+            config,
+            vcpus,
+            io: Arc::new(io),
+            ioapic,
+            serial,
+            serial_input_ready,
+            hierarchy,
+            exit,
+            _vm: vm,
+            _mem: mem,
+        })
+    }
+
+    /// The VM's interrupt hierarchy.
+    pub fn hierarchy(&self) -> &Arc<InterruptHierarchy> {
+        &self.hierarchy
+    }
+
+    /// Runs the VM until the guest powers off or reboots, a vCPU fails, or a terminating
+    /// signal arrives.
+    pub fn run(mut self) -> Result<ExitReason, VmError> {
+        let signals = SignalFd::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGUSR1])
+            .map_err(host_err("signalfd"))?;
+        for (id, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let io = self.io.clone();
+            let ioapic = self.ioapic.clone();
+            let exit = self.exit.clone();
+            thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || run_vcpu(id, vcpu, &io, &ioapic, &exit))
+                .map_err(host_err("spawning vCPU thread"))?;
+        }
+
+        let tty = matches!(self.config.serial, SerialMode::Tty);
+        let _raw = if tty { RawTerminal::enter(0) } else { None };
+        let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+            .map_err(|e| VmError::Device(format!("event manager: {e:?}")))?;
+        if let (true, Some(serial)) = (tty, &self.serial) {
+            em.add_subscriber(Arc::new(Mutex::new(Console {
+                serial: serial.clone(),
+                ready: self
+                    .serial_input_ready
+                    .try_clone()
+                    .map_err(host_err("eventfd"))?,
+                pending: VecDeque::new(),
+            })));
+        }
+        em.add_subscriber(Arc::new(Mutex::new(Control {
+            signals,
+            exit: self.exit.clone(),
+            hierarchy: self.hierarchy.clone(),
+        })));
+        let reason = loop {
+            if let Err(e) = em.run() {
+                warn!("event loop: {e:?}");
+            }
+            if let Some(r) = self.exit.get() {
+                break r;
+            }
+        };
+        if let Some(s) = &self.serial {
+            s.flush();
+        }
+        drop(_raw);
+        if self.config.print_interrupts {
+            eprint!("{}", self.hierarchy.render());
+        }
+        Ok(reason)
+    }
+}
+
+/// Configuration mechanism #1 ports plus the reset control register (a byte at 0xCF9).
+struct ConfigIoWithReset {
+    config: PciConfigIo,
+    reset: ResetControlPort,
+}
+
+impl vm_device::DevicePio for ConfigIoWithReset {
+    fn pio_read(&self, base: PioAddress, offset: u16, data: &mut [u8]) {
+        if offset == 1 && data.len() == 1 {
+            self.reset.pio_read(base, 0, data)
+        } else {
+            self.config.pio_read(base, offset, data)
+        }
+    }
+    fn pio_write(&self, base: PioAddress, offset: u16, data: &[u8]) {
+        if offset == 1 && data.len() == 1 {
+            self.reset.pio_write(base, 0, data)
+        } else {
+            self.config.pio_write(base, offset, data)
+        }
+    }
+}
+
+fn run_vcpu(id: usize, mut vcpu: VcpuFd, io: &IoManager, ioapic: &Ioapic, exit: &ExitSignal) {
+    loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if io.pio_read(PioAddress(port), data).is_err() {
+                    data.fill(0xff);
+                }
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if io.pio_write(PioAddress(port), data).is_err() {
+                    debug!("vcpu{id}: unhandled out {port:#x} {data:x?}");
+                }
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if io.mmio_read(MmioAddress(addr), data).is_err() {
+                    data.fill(0xff);
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if io.mmio_write(MmioAddress(addr), data).is_err() {
+                    debug!("vcpu{id}: unhandled mmio write {addr:#x}");
+                }
+            }
+            Ok(VcpuExit::IoapicEoi(vector)) => ioapic.end_of_interrupt(vector),
+            Ok(VcpuExit::Shutdown) => {
+                info!("vcpu{id}: shutdown (triple fault): treating as reboot");
+                exit.raise(ExitReason::Reboot);
+                return;
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                exit.raise(match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reboot,
+                    k => ExitReason::Error(format!("vcpu{id}: system event {k}")),
+                });
+                return;
+            }
+            Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {}
+            Ok(VcpuExit::InternalError) => {
+                // SAFETY: after KVM_EXIT_INTERNAL_ERROR, `internal` is the union member KVM
+                // filled in.
+                let sub = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                let regs = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                exit.raise(ExitReason::Error(format!(
+                    "vcpu{id}: KVM internal error, suberror {sub} at rip {regs:#x}"
+                )));
+                return;
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                exit.raise(ExitReason::Error(format!(
+                    "vcpu{id}: VM entry failed (reason {reason:#x}, cpu {cpu})"
+                )));
+                return;
+            }
+            Ok(other) => {
+                exit.raise(ExitReason::Error(format!(
+                    "vcpu{id}: unexpected exit {other:?}"
+                )));
+                return;
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => {
+                error!("vcpu{id}: KVM_RUN: {e}");
+                exit.raise(ExitReason::Error(format!("vcpu{id}: KVM_RUN failed: {e}")));
+                return;
+            }
+        }
+    }
+}
+
+/// Moves host input to the serial port, holding back what does not fit in its FIFO.
+struct Console {
+    serial: Arc<SerialPort>,
+    ready: EventFd,
+    pending: VecDeque<u8>,
+}
+
+impl Console {
+    fn push(&mut self) {
+        while !self.pending.is_empty() {
+            let n = self.serial.enqueue_input(self.pending.as_slices().0);
+            if n == 0 {
+                break;
+            }
+            self.pending.drain(..n);
+        }
+    }
+}
+
+impl MutEventSubscriber for Console {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if events.fd() == 0 {
+            let mut buf = [0u8; 256];
+            // SAFETY: reads into a stack buffer of the given length.
+            let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                // EOF or error: stop watching stdin; the guest keeps running.
+                let _ = ops.remove(Events::empty_raw(0));
+                return;
+            }
+            self.pending.extend(&buf[..n as usize]);
+        } else {
+            let _ = self.ready.read();
+        }
+        self.push();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        // stdin may be a file or /dev/null, which epoll cannot watch: then there is no input.
+        if let Err(e) = ops.add(Events::new_raw(0, EventSet::IN)) {
+            debug!("stdin is not pollable, no console input: {e:?}");
+        }
+        if let Err(e) = ops.add(Events::new(&self.ready, EventSet::IN)) {
+            warn!("cannot watch serial readiness: {e:?}");
+        }
+    }
+}
+
+/// Handles signals and the exit eventfd.
+struct Control {
+    signals: SignalFd,
+    exit: Arc<ExitSignal>,
+    hierarchy: Arc<InterruptHierarchy>,
+}
+
+impl MutEventSubscriber for Control {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.exit.evt.as_raw_fd() {
+            let _ = self.exit.evt.read();
+            return;
+        }
+        while let Some(sig) = self.signals.read() {
+            match sig {
+                libc::SIGUSR1 => eprint!("{}", self.hierarchy.render()),
+                s => self.exit.raise(ExitReason::Signal(s)),
+            }
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [self.exit.evt.as_raw_fd(), self.signals.fd] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                warn!("cannot watch control fd: {e:?}");
+            }
+        }
+    }
+}
+
+/// A signalfd for a set of signals, which are blocked for the whole process (the mask is
+/// inherited by threads created afterwards).
+struct SignalFd {
+    fd: RawFd,
+}
+
+impl SignalFd {
+    fn new(signals: &[i32]) -> std::io::Result<Self> {
+        // SAFETY: plain libc calls on a sigset we own; the fd is owned by the returned value.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for &s in signals {
+                libc::sigaddset(&mut set, s);
+            }
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Self { fd })
+        }
+    }
+
+    fn read(&self) -> Option<i32> {
+        // SAFETY: reads one siginfo record into a zeroed struct of the right size.
+        unsafe {
+            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+            let n = libc::read(
+                self.fd,
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                std::mem::size_of::<libc::signalfd_siginfo>(),
+            );
+            (n == std::mem::size_of::<libc::signalfd_siginfo>() as isize)
+                .then_some(info.ssi_signo as i32)
+        }
+    }
+}
+
+impl Drop for SignalFd {
+    fn drop(&mut self) {
+        // SAFETY: closes the descriptor this value owns.
+        unsafe {
+            libc::close(self.fd);
+        }
+    }
+}
