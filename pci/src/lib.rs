@@ -5,11 +5,17 @@ pub mod bus;
 pub mod config;
 pub mod device;
 pub mod host_bridge;
+pub mod msi;
+pub mod msix;
+#[cfg(test)]
+mod testutil;
 
 pub use bus::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 pub use config::{Bar, BarKind, ConfigSpace};
 pub use device::PciDevice;
 pub use host_bridge::HostBridge;
+pub use msi::MsiCapability;
+pub use msix::MsixCapability;
 
 /// Errors of the PCI layer (host-facing).
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +44,9 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A capability's parameters are invalid.
+    #[error("invalid capability: {0}")]
+    InvalidCapability(&'static str),
     /// A capability does not fit in the 256-byte configuration space.
     #[error("capability {id:#x} of {len} bytes does not fit in config space")]
     CapabilitySpace {
