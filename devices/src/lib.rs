@@ -3,9 +3,12 @@
 //! - [`ioapic::Ioapic`]: the userspace IOAPIC of a split-irqchip VM; each redirection entry
 //!   is a vector of an `IO-APIC` interrupt domain, so pins end on KVM irqfd routes like MSIs.
 //! - [`serial::SerialPort`]: a 16550A UART (vm-superio) on an IOAPIC pin.
+//! - [`irqtest::IrqTest`]: a PCI device with MSI and MSI-X whose vectors the guest can fire
+//!   and count, for end-to-end interrupt tests.
 //! - [`power::PowerManagement`]: the HW-reduced ACPI sleep-control/reset register and the
 //!   legacy reset ports, turning guest requests into [`power::GuestEvent`]s.
 
 pub mod ioapic;
+pub mod irqtest;
 pub mod power;
 pub mod serial;

@@ -47,6 +47,11 @@ impl PciRoot {
         Self { slots }
     }
 
+    /// The slot [`PciRoot::add_device`] will use next, if any is free.
+    pub fn next_free_slot(&self) -> Option<u8> {
+        self.slots.iter().position(Option::is_none).map(|s| s as u8)
+    }
+
     /// Plugs `device` into the first free slot; returns the slot (device number).
     pub fn add_device(&mut self, device: SharedDevice) -> Result<u8, Error> {
         let slot = self

@@ -86,7 +86,7 @@ impl MsixCapability {
                 "MSI-X table size must be 1..=2048",
             ));
         }
-        if table_bar > 5 || pba_bar > 5 || table_offset % 8 != 0 || pba_offset % 8 != 0 {
+        if table_bar > 5 || pba_bar > 5 || !table_offset.is_multiple_of(8) || !pba_offset.is_multiple_of(8) {
             return Err(Error::InvalidCapability(
                 "MSI-X BIR must be 0..=5, offsets 8-byte aligned",
             ));
@@ -199,7 +199,7 @@ impl MsixCapability {
     pub fn bar_read(&self, bar: usize, offset: u64, data: &mut [u8]) -> bool {
         if let Some(o) = self.in_table(bar, offset) {
             data.fill(0);
-            if !matches!(data.len(), 4 | 8) || o % data.len() as u64 != 0 {
+            if !matches!(data.len(), 4 | 8) || !o.is_multiple_of(data.len() as u64) {
                 return true;
             }
             let e = &self.table[(o / MSIX_ENTRY_SIZE) as usize];
@@ -213,7 +213,7 @@ impl MsixCapability {
         }
         if let Some(o) = self.in_pba(bar, offset) {
             data.fill(0);
-            if !matches!(data.len(), 4 | 8) || o % data.len() as u64 != 0 {
+            if !matches!(data.len(), 4 | 8) || !o.is_multiple_of(data.len() as u64) {
                 return true;
             }
             let first = (o * 8) as usize;
@@ -232,12 +232,12 @@ impl MsixCapability {
     /// Handles a BAR write if it targets the table or PBA; returns false otherwise.
     pub fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) -> bool {
         if let Some(o) = self.in_table(bar, offset) {
-            if !matches!(data.len(), 4 | 8) || o % data.len() as u64 != 0 {
+            if !matches!(data.len(), 4 | 8) || !o.is_multiple_of(data.len() as u64) {
                 return true;
             }
             let i = (o / MSIX_ENTRY_SIZE) as usize;
-            let mut w = ((o % MSIX_ENTRY_SIZE) / 4) as usize;
-            for chunk in data.chunks_exact(4) {
+            let first = ((o % MSIX_ENTRY_SIZE) / 4) as usize;
+            for (w, chunk) in (first..).zip(data.chunks_exact(4)) {
                 let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
                 let e = &mut self.table[i];
                 match w {
@@ -246,7 +246,6 @@ impl MsixCapability {
                     2 => e.data = v,
                     _ => e.control = v & ENTRY_MASKED,
                 }
-                w += 1;
             }
             self.sync_entry(i);
             return true;

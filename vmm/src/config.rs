@@ -22,6 +22,9 @@ pub enum ConfigError {
     /// Memory size below the minimum.
     #[error("--memory size {0} bytes is too small: at least 64M is needed")]
     MemoryTooSmall(u64),
+    /// `--device` could not be parsed.
+    #[error("invalid --device '{0}': expected irqtest[,vectors=N] with N in 1..=2048")]
+    Device(String),
     /// `--serial` could not be parsed.
     #[error("invalid --serial '{0}': expected tty, off or file=PATH")]
     Serial(String),
@@ -36,6 +39,46 @@ pub enum SerialMode {
     File(PathBuf),
     /// No serial port.
     Off,
+}
+
+/// A device added with `--device`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceConfig {
+    /// The interrupt test device with this many MSI-X vectors.
+    IrqTest {
+        /// MSI-X table size.
+        vectors: usize,
+    },
+}
+
+/// Default MSI-X vectors of an irqtest device.
+pub const IRQTEST_DEFAULT_VECTORS: usize = 32;
+
+impl DeviceConfig {
+    /// Parses `irqtest[,vectors=N]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Device(spec.to_string());
+        let mut parts = spec.split(',');
+        match parts.next() {
+            Some("irqtest") => {
+                let mut vectors = IRQTEST_DEFAULT_VECTORS;
+                for p in parts {
+                    match p.split_once('=') {
+                        Some(("vectors", v)) => {
+                            vectors = v
+                                .parse()
+                                .ok()
+                                .filter(|n| (1..=2048).contains(n))
+                                .ok_or_else(bad)?
+                        }
+                        _ => return Err(bad()),
+                    }
+                }
+                Ok(DeviceConfig::IrqTest { vectors })
+            }
+            _ => Err(bad()),
+        }
+    }
 }
 
 /// Command-line interface of `vmm`.
@@ -66,6 +109,9 @@ pub struct Cli {
     /// Serial console: tty, off or file=PATH.
     #[arg(long, default_value = "tty", value_name = "MODE")]
     pub serial: String,
+    /// Add a device: irqtest[,vectors=N] (repeatable).
+    #[arg(long = "device", value_name = "SPEC")]
+    pub devices: Vec<String>,
     /// Print the interrupt hierarchy to stderr when the VMM exits.
     #[arg(long)]
     pub print_interrupts: bool,
@@ -86,6 +132,8 @@ pub struct VmConfig {
     pub memory: u64,
     /// Serial console mode.
     pub serial: SerialMode,
+    /// Devices to add.
+    pub devices: Vec<DeviceConfig>,
     /// Print the hierarchy at exit.
     pub print_interrupts: bool,
 }
@@ -137,7 +185,13 @@ impl VmConfig {
                 _ => return Err(ConfigError::Serial(cli.serial.clone())),
             },
         };
+        let devices = cli
+            .devices
+            .iter()
+            .map(|d| DeviceConfig::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            devices,
             kernel: cli.kernel,
             initramfs: cli.initramfs,
             cmdline: cli.cmdline,
@@ -207,6 +261,32 @@ mod tests {
             Err(ConfigError::Memory(_))
         ));
         assert_eq!(cli(&["--memory", "size=4G"]).unwrap().memory, 4 << 30);
+    }
+
+    #[test]
+    fn devices_parse() {
+        let c = cli(&["--device", "irqtest", "--device", "irqtest,vectors=2048"]).unwrap();
+        assert_eq!(
+            c.devices,
+            vec![
+                DeviceConfig::IrqTest {
+                    vectors: IRQTEST_DEFAULT_VECTORS
+                },
+                DeviceConfig::IrqTest { vectors: 2048 }
+            ]
+        );
+        for bad in [
+            "irqtest,vectors=0",
+            "irqtest,vectors=2049",
+            "irqtest,x=1",
+            "nvme",
+            "",
+        ] {
+            assert!(
+                matches!(cli(&["--device", bad]), Err(ConfigError::Device(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -22,14 +22,15 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Gues
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use devices::ioapic::{Ioapic, IOAPIC_BASE, IOAPIC_SIZE};
+use devices::irqtest::IrqTest;
 use devices::power::{GuestEvent, I8042Port, PowerManagement, ResetControlPort, SleepControlPort};
 use devices::serial::{IoapicPin, SerialPort, COM1_PIN, COM1_PORT};
-use interrupt::{InterruptHierarchy, KvmVectorLayer, NoRemap};
-use pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
+use interrupt::{InterruptHierarchy, KvmVectorLayer, NoRemap, RequesterId};
+use pci::{PciConfigIo, PciDevice, PciEcam, PciMmioWindow, PciRoot};
 
 use crate::acpi::{self, AcpiConfig};
 use crate::boot::{self, BootError};
-use crate::config::{SerialMode, VmConfig};
+use crate::config::{DeviceConfig, SerialMode, VmConfig};
 use crate::cpu::{self, CpuError};
 use crate::layout::*;
 use crate::terminal::RawTerminal;
@@ -315,7 +316,21 @@ impl Vm {
             .map_err(reg_err)?;
 
         // PCI.
-        let root = PciRoot::new();
+        let mut root = PciRoot::new();
+        for dev in &config.devices {
+            let slot = root
+                .next_free_slot()
+                .ok_or_else(|| VmError::Device("no free PCI slot".into()))?;
+            let requester = RequesterId::pci(0, slot, 0);
+            let device: Arc<Mutex<dyn PciDevice>> = match dev {
+                DeviceConfig::IrqTest { vectors } => Arc::new(Mutex::new(
+                    IrqTest::new(&hierarchy, requester, *vectors)
+                        .map_err(|e| VmError::Device(e.to_string()))?,
+                )),
+            };
+            root.add_device(device)
+                .map_err(|e| VmError::Device(e.to_string()))?;
+        }
         let mmio64_start = pci_mmio64_start(config.memory);
         let mut mmio32 = AddressAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE)
             .map_err(|e| VmError::Device(e.to_string()))?;
