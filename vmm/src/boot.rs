@@ -186,6 +186,7 @@ pub fn load_linux(
 
     write_page_tables(mem)?;
     write_gdt(mem)?;
+    write_reset_stub(mem)?;
     Ok(BootInfo {
         entry: loaded.kernel_load.raw_value() + ENTRY_64_OFFSET,
     })
@@ -229,6 +230,21 @@ fn write_gdt(mem: &GuestMemoryMmap) -> Result<(), BootError> {
     mem.write_obj(0u64, GuestAddress(IDT_ADDR))
         .map_err(mem_err)?;
     Ok(())
+}
+
+/// Firmware-free reset: a guest that restarts through the BIOS reset vector (Linux's
+/// `reboot=bios` path, taken when the ACPI and keyboard-controller resets are skipped)
+/// lands here and pulses the i8042 reset line, which the VMM turns into a reboot.
+pub const RESET_STUB: [u8; 7] = [
+    0xb0, 0xfe, // mov al, 0xfe
+    0xe6, 0x64, // out 0x64, al
+    0xf4, // hlt
+    0xeb, 0xf9, // jmp -7 (back to mov)
+];
+
+fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR))
+        .map_err(mem_err)
 }
 
 /// Creates guest memory for `mem_size` bytes.

@@ -37,7 +37,9 @@ pub const RSDP_ADDR: u64 = 0xe0000;
 /// ACPI tables after the RSDP.
 pub const ACPI_TABLES_ADDR: u64 = 0xe0040;
 /// End of the ACPI table area.
-pub const ACPI_TABLES_END: u64 = 0x100000;
+pub const ACPI_TABLES_END: u64 = 0xf0000;
+/// The x86 reset vector (real mode f000:fff0), where a reset stub is placed.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Where the kernel's protected-mode part is loaded (1 MiB).
 pub const KERNEL_LOAD_ADDR: u64 = 0x100000;
 /// Start of the 32-bit MMIO hole (RAM stops here).

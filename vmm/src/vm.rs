@@ -159,7 +159,7 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     // Kept alive for the VM's lifetime.
     _vm: Arc<VmFd>,
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
 }
 
 impl Vm {
@@ -419,7 +419,7 @@ impl Vm {
             hierarchy,
             exit,
             _vm: vm,
-            _mem: mem,
+            mem,
         })
     }
 
@@ -437,9 +437,14 @@ impl Vm {
             let io = self.io.clone();
             let ioapic = self.ioapic.clone();
             let exit = self.exit.clone();
+            // Each vCPU thread keeps guest memory mapped for as long as it can run.
+            let mem = self.mem.clone();
             thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || run_vcpu(id, vcpu, &io, &ioapic, &exit))
+                .spawn(move || {
+                    run_vcpu(id, vcpu, &io, &ioapic, &exit);
+                    drop(mem);
+                })
                 .map_err(host_err("spawning vCPU thread"))?;
         }
 
