@@ -86,7 +86,11 @@ impl MsixCapability {
                 "MSI-X table size must be 1..=2048",
             ));
         }
-        if table_bar > 5 || pba_bar > 5 || !table_offset.is_multiple_of(8) || !pba_offset.is_multiple_of(8) {
+        if table_bar > 5
+            || pba_bar > 5
+            || !table_offset.is_multiple_of(8)
+            || !pba_offset.is_multiple_of(8)
+        {
             return Err(Error::InvalidCapability(
                 "MSI-X BIR must be 0..=5, offsets 8-byte aligned",
             ));
