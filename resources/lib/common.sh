@@ -1,0 +1,32 @@
+# shellcheck shell=bash
+# Shared helpers for the resources/ scripts. Source it; do not execute.
+
+VMM_ASSETS_DIR="${VMM_ASSETS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmm-assets}"
+# shellcheck disable=SC2034  # used by the scripts that source this
+GUEST_DIR="$VMM_ASSETS_DIR/guest"
+
+log() { printf '[%s] %s\n' "${LOG_TAG:-vmm}" "$*" >&2; }
+die() { printf '[%s] error: %s\n' "${LOG_TAG:-vmm}" "$*" >&2; exit 1; }
+
+# Run a command as root (directly when we are root, else through sudo).
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@" || die "'$*' needs root and 'sudo -n' failed"
+    else
+        die "'$*' needs root (no sudo available)"
+    fi
+}
+
+# Paths inside the extracted guest kernel package tree for the 4 modules that give
+# an L1 guest a working /dev/kvm on AMD-style nested SVM (QEMU TCG -cpu max), in load order.
+kvm_module_paths() {
+    local ver="$1"
+    local base="lib/modules/$ver/kernel"
+    printf '%s\n' \
+        "$base/virt/lib/irqbypass.ko.xz" \
+        "$base/arch/x86/kvm/kvm.ko.xz" \
+        "$base/drivers/crypto/ccp/ccp.ko.xz" \
+        "$base/arch/x86/kvm/kvm-amd.ko.xz"
+}

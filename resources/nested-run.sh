@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Run the vmm inside an L1 Linux guest under QEMU TCG (-cpu max exposes SVM, L1 loads
+# kvm-amd and gets a real /dev/kvm), for hosts whose own /dev/kvm cannot boot Linux.
+#
+# Usage:
+#   nested-run.sh --vmm PATH --kernel L2_BZIMAGE --initramfs L2_INITRAMFS
+#                 [--l1-mem MiB (default 3072)] [--l1-smp N (default 2)]
+#                 [--file HOSTPATH:L1PATH]... [--keep] -- <remaining vmm args>
+#
+# Inside L1 this runs
+#   /vmm --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio.gz <remaining vmm args>
+# with stdin/stdout/stderr on L1's /dev/ttyS0, which is wired to this script's stdio.
+# L1 prints "@@NESTED vmm-start" before and "@@NESTED vmm-exit <status>" after the vmm.
+#
+# Exit status: the vmm's exit status; 120 if L1 never started the vmm (boot failure, no
+# /dev/kvm, ...); 121 if the vmm started but L1 died before reporting its exit status;
+# 2 for usage errors.
+# Needs resources/setup.sh to have run (cached L1 kernel + modules, qemu-system-x86).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+LOG_TAG=nested-run
+# shellcheck source=lib/common.sh
+. "$HERE/lib/common.sh"
+
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+bad() { printf '[nested-run] error: %s\n' "$*" >&2; exit 2; }
+
+VMM=""; L2_KERNEL=""; L2_INITRD=""; L1_MEM=3072; L1_SMP=2; KEEP=0
+FILES=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --vmm) [ $# -ge 2 ] || bad "--vmm needs a value"; VMM="$2"; shift 2 ;;
+        --kernel) [ $# -ge 2 ] || bad "--kernel needs a value"; L2_KERNEL="$2"; shift 2 ;;
+        --initramfs) [ $# -ge 2 ] || bad "--initramfs needs a value"; L2_INITRD="$2"; shift 2 ;;
+        --l1-mem) [ $# -ge 2 ] || bad "--l1-mem needs a value"; L1_MEM="$2"; shift 2 ;;
+        --l1-smp) [ $# -ge 2 ] || bad "--l1-smp needs a value"; L1_SMP="$2"; shift 2 ;;
+        --file) [ $# -ge 2 ] || bad "--file needs a value"; FILES+=("$2"); shift 2 ;;
+        --keep) KEEP=1; shift ;;
+        --) shift; break ;;
+        -h|--help) usage ;;
+        *) bad "unknown argument '$1' (vmm arguments go after --)" ;;
+    esac
+done
+VMM_ARGS=("$@")
+
+[ -n "$VMM" ] || bad "--vmm is required"
+[ -n "$L2_KERNEL" ] || bad "--kernel is required"
+[ -n "$L2_INITRD" ] || bad "--initramfs is required"
+[ -f "$VMM" ] && [ -x "$VMM" ] || bad "--vmm '$VMM' is not an executable file"
+[ -f "$L2_KERNEL" ] || bad "--kernel '$L2_KERNEL' does not exist"
+[ -f "$L2_INITRD" ] || bad "--initramfs '$L2_INITRD' does not exist"
+[[ "$L1_MEM" =~ ^[0-9]+$ ]] || bad "--l1-mem must be a number of MiB"
+[[ "$L1_SMP" =~ ^[0-9]+$ ]] || bad "--l1-smp must be a number"
+for a in "${VMM_ARGS[@]+"${VMM_ARGS[@]}"}"; do
+    case "$a" in *$'\n'*) bad "vmm arguments must not contain newlines" ;; esac
+done
+
+L1_KERNEL="$GUEST_DIR/vmlinuz"
+KVER="$(cat "$GUEST_DIR/version" 2>/dev/null || true)"
+[ -n "$KVER" ] && [ -f "$L1_KERNEL" ] || die "no cached L1 kernel in $GUEST_DIR: run resources/setup.sh"
+QEMU="$(command -v qemu-system-x86_64 || true)"
+[ -n "$QEMU" ] || die "qemu-system-x86_64 not found: run resources/setup.sh (installs it from bookworm-backports)"
+BUSYBOX=/bin/busybox
+[ -x "$BUSYBOX" ] || die "busybox-static not installed: run resources/setup.sh"
+command -v cpio >/dev/null || die "cpio not installed: run resources/setup.sh"
+
+# Remove work dirs left behind by runs that were killed (SIGKILL skips the EXIT trap).
+for d in "${TMPDIR:-/tmp}"/nested-run.*; do
+    [ -d "$d" ] && [ -f "$d/pid" ] || continue
+    kill -0 "$(cat "$d/pid" 2>/dev/null || echo 0)" 2>/dev/null || rm -rf "$d"
+done
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/nested-run.XXXXXX")"
+echo $$ > "$WORK/pid"
+cleanup() {
+    if [ "$KEEP" -eq 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+ROOT="$WORK/root"
+mkdir -p "$ROOT"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp,l2,modules,etc}
+
+# ---- busybox
+cp "$BUSYBOX" "$ROOT/bin/busybox"
+"$BUSYBOX" --list-full | while read -r applet; do
+    [ -e "$ROOT/$applet" ] || ln -s /bin/busybox "$ROOT/$applet"
+done
+
+# ---- kvm modules (decompressed: busybox insmod does not do .xz)
+i=0
+: > "$ROOT/modules/order"
+while read -r m; do
+    src="$GUEST_DIR/linux/$m"
+    [ -f "$src" ] || die "missing $src: run resources/setup.sh"
+    name="$(basename "$m" .xz)"
+    xz -dc "$src" > "$ROOT/modules/$name"
+    echo "$name" >> "$ROOT/modules/order"
+    i=$((i + 1))
+done < <(kvm_module_paths "$KVER")
+
+# ---- vmm + its shared libraries (incl. the dynamic loader)
+cp "$VMM" "$ROOT/vmm"
+chmod 755 "$ROOT/vmm"
+copy_libs() {
+    local bin="$1" lib
+    # ldd prints "name => /path (addr)", "/lib64/ld-linux-x86-64.so.2 (addr)", or "not a dynamic executable"
+    while read -r lib; do
+        [ -n "$lib" ] || continue
+        [ -e "$ROOT$lib" ] && continue
+        mkdir -p "$ROOT$(dirname "$lib")"
+        cp -L "$lib" "$ROOT$lib"
+    done < <(ldd "$bin" 2>/dev/null | sed -n -e 's/^.*=> \(\/[^ ]*\) .*$/\1/p' -e 's/^[[:space:]]*\(\/[^ ]*\) (.*$/\1/p')
+}
+if head -c 2 "$VMM" | grep -q '^#!'; then
+    # script stand-in: its interpreter has to work in L1 (busybox sh is /bin/sh there)
+    :
+else
+    copy_libs "$VMM"
+fi
+
+# ---- L2 guest + extra files
+cp "$L2_KERNEL" "$ROOT/l2/vmlinuz"
+cp "$L2_INITRD" "$ROOT/l2/initramfs.cpio.gz"
+for spec in "${FILES[@]+"${FILES[@]}"}"; do
+    hp="${spec%%:*}"; lp="${spec#*:}"
+    [ "$hp" != "$spec" ] && [ -n "$lp" ] || die "--file '$spec' must be HOSTPATH:L1PATH"
+    case "$lp" in /*) ;; *) die "--file '$spec': L1PATH must be absolute" ;; esac
+    [ -e "$hp" ] || die "--file '$spec': '$hp' does not exist"
+    mkdir -p "$ROOT$(dirname "$lp")"
+    cp -rL "$hp" "$ROOT$lp"
+    if [ -f "$hp" ] && [ -x "$hp" ] && ! head -c 2 "$hp" | grep -q '^#!'; then copy_libs "$hp"; fi
+done
+
+# ---- vmm argv: one per line, rebuilt by /init
+printf '%s\n' /vmm --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio.gz \
+    "${VMM_ARGS[@]+"${VMM_ARGS[@]}"}" > "$ROOT/vmm-args"
+
+cat > "$ROOT/init" <<'INIT'
+#!/bin/sh
+# L1 /init (generated by resources/nested-run.sh)
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts 2>/dev/null
+mount -t tmpfs tmpfs /tmp 2>/dev/null
+ln -sf /proc/self/fd /dev/fd 2>/dev/null
+fail() {
+    echo "@@NESTED l1-error: $*"
+    poweroff -f
+}
+while read -r m; do
+    insmod "/modules/$m" || fail "insmod $m failed"
+done < /modules/order
+n=0
+while [ ! -c /dev/kvm ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+[ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading the kvm modules (no SVM in L1 CPU?)"
+set --
+while IFS= read -r a; do set -- "$@" "$a"; done < /vmm-args
+echo "@@NESTED vmm-start"
+"$@" </dev/ttyS0 >/dev/ttyS0 2>&1
+rc=$?
+stty sane </dev/ttyS0 2>/dev/null
+echo
+echo "@@NESTED vmm-exit $rc"
+poweroff -f
+INIT
+chmod 755 "$ROOT/init"
+if [ "$(id -u)" -eq 0 ]; then
+    mknod -m 600 "$ROOT/dev/console" c 5 1
+    mknod -m 666 "$ROOT/dev/null" c 1 3
+fi
+# uncompressed: decompressing in a TCG guest would cost more than it saves
+(cd "$ROOT" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet --owner=0:0) \
+    > "$WORK/l1-initramfs.cpio"
+
+SERIAL_LOG="$WORK/serial.log"
+log "booting L1 ($KVER, TCG, ${L1_SMP} vCPUs, ${L1_MEM} MiB, initramfs $(du -m "$WORK/l1-initramfs.cpio" | cut -f1) MiB)"
+set +e
+"$QEMU" \
+    -accel tcg -cpu max -smp "$L1_SMP" -m "$L1_MEM" \
+    -kernel "$L1_KERNEL" -initrd "$WORK/l1-initramfs.cpio" \
+    -append "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init" \
+    -chardev "stdio,id=c0,signal=off,logfile=$SERIAL_LOG" -serial chardev:c0 \
+    -monitor none -display none -nodefaults -no-reboot
+qrc=$?
+set -e
+
+status="$(tr -d '\r' < "$SERIAL_LOG" | sed -n 's/^.*@@NESTED vmm-exit \([0-9][0-9]*\)$/\1/p' | tail -n1)"
+if [ -n "$status" ]; then
+    exit "$status"
+fi
+l1err="$(tr -d '\r' < "$SERIAL_LOG" | sed -n 's/^.*@@NESTED l1-error: //p' | tail -n1)"
+if grep -q '@@NESTED vmm-start' "$SERIAL_LOG"; then
+    log "error: the vmm started in L1 but L1 stopped before reporting its exit status (qemu exit $qrc)"
+    exit 121
+fi
+if [ -n "$l1err" ]; then
+    log "error: L1 setup failed: $l1err"
+else
+    log "error: L1 never started the vmm (qemu exit $qrc; L1 kernel panic or boot failure?)"
+fi
+exit 120

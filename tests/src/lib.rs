@@ -1,0 +1,604 @@
+//! Boot-test harness: runs the `vmm` binary against a real Linux guest, either directly
+//! on a host with hardware virtualization or inside an L1 Linux under QEMU TCG
+//! (`resources/nested-run.sh`) where the host `/dev/kvm` cannot boot Linux (PVM).
+//!
+//! The mode comes from `resources/lib/probe.sh` (`VMM_TEST_MODE=direct|nested` overrides).
+//! Assets (guest kernel, demo initramfs) come from `resources/setup.sh`'s cache.
+
+use std::env;
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Marker printed by the L1 /init right before it starts the vmm.
+pub const NESTED_START: &str = "@@NESTED vmm-start";
+/// Marker printed by the L1 /init after the vmm exited, followed by its exit status.
+pub const NESTED_EXIT: &str = "@@NESTED vmm-exit ";
+
+/// How many trailing output lines an error message includes.
+const TAIL_LINES: usize = 40;
+
+/// How the vmm is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `<vmm> --kernel K --initramfs I <args>` on this host.
+    Direct,
+    /// Through `resources/nested-run.sh` (QEMU TCG L1 with nested SVM).
+    Nested,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Direct => "direct",
+            Mode::Nested => "nested",
+        })
+    }
+}
+
+/// The workspace root (parent of the `tests` crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate has a parent directory")
+        .to_path_buf()
+}
+
+/// `resources/` in the workspace.
+pub fn resources_dir() -> PathBuf {
+    workspace_root().join("resources")
+}
+
+/// `${VMM_ASSETS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmm-assets}` (same rule as setup.sh).
+pub fn assets_dir() -> PathBuf {
+    if let Some(d) = env::var_os("VMM_ASSETS_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let cache = env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
+        });
+    cache.join("vmm-assets")
+}
+
+/// The guest assets produced by `resources/setup.sh`.
+#[derive(Clone, Debug)]
+pub struct Assets {
+    /// bzImage of the Debian 6.12 kernel.
+    pub kernel: PathBuf,
+    /// The demo initramfs (prints `Guest ready: ...`, then a shell on ttyS0).
+    pub initramfs: PathBuf,
+    /// Kernel release, e.g. `6.12.95+deb12-amd64`.
+    pub kernel_version: String,
+}
+
+/// The cached guest assets, or an error telling to run setup.sh.
+pub fn try_assets() -> Result<Assets, String> {
+    let guest = assets_dir().join("guest");
+    let kernel = guest.join("vmlinuz");
+    let initramfs = guest.join("demo-initramfs.cpio.gz");
+    let version = std::fs::read_to_string(guest.join("version")).unwrap_or_default();
+    if !kernel.is_file() || !initramfs.is_file() || version.trim().is_empty() {
+        return Err(format!(
+            "guest assets missing in {}: run resources/setup.sh",
+            guest.display()
+        ));
+    }
+    Ok(Assets {
+        kernel,
+        initramfs,
+        kernel_version: version.trim().to_string(),
+    })
+}
+
+/// The cached guest assets; panics with a hint to run setup.sh when they are missing.
+pub fn assets() -> Assets {
+    try_assets().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The vmm binary: `$VMM_BIN`, else `target/release/vmm`, else `target/debug/vmm`
+/// (under `$CARGO_TARGET_DIR` or `<workspace>/target`). Panics when none exists.
+pub fn vmm_bin() -> PathBuf {
+    if let Some(p) = env::var_os("VMM_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "VMM_BIN={} does not exist", p.display());
+        return p;
+    }
+    let mut targets = Vec::new();
+    if let Some(t) = env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
+        targets.push(PathBuf::from(t));
+    }
+    targets.push(workspace_root().join("target"));
+    for t in &targets {
+        for profile in ["release", "debug"] {
+            let p = t.join(profile).join("vmm");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "vmm binary not found (looked in {:?} for release/vmm and debug/vmm): \
+         run `cargo build --release -p vmm` or set VMM_BIN",
+        targets
+    );
+}
+
+/// Direct or nested, from `resources/lib/probe.sh` (honours `VMM_TEST_MODE`).
+pub fn probe_mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| {
+        let script = resources_dir().join("lib/probe.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        match String::from_utf8_lossy(&out.stdout).trim() {
+            "direct" => Mode::Direct,
+            "nested" => Mode::Nested,
+            other => panic!(
+                "{} printed {other:?}, expected direct|nested",
+                script.display()
+            ),
+        }
+    })
+}
+
+/// The standard vmm arguments for booting the demo guest.
+pub fn standard_guest_args() -> Vec<String> {
+    [
+        "--cmdline",
+        "console=ttyS0 quiet",
+        "--cpus",
+        "boot=2",
+        "--memory",
+        "size=512M",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A generous timeout for one guest boot (TCG in nested mode is slow).
+pub fn boot_timeout(mode: Mode) -> Duration {
+    match mode {
+        Mode::Nested => Duration::from_secs(180),
+        Mode::Direct => Duration::from_secs(60),
+    }
+}
+
+/// Serializes guest boots within one test binary (TCG on 2 cores cannot take two at once).
+/// Poison-tolerant: a failed test does not fail the following ones.
+pub fn boot_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which pipe an output line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of output with the time it was read.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub at: Instant,
+    pub stream: Stream,
+    pub text: String,
+}
+
+#[derive(Default)]
+struct Output {
+    lines: Vec<Line>,
+    /// Per line: bytes at its start already consumed by a `wait_for` match on the
+    /// unterminated tail it was before.
+    line_skip: Vec<usize>,
+    /// Unterminated tail of each stream (e.g. a shell prompt), [stdout, stderr].
+    partial: [String; 2],
+    /// Bytes of each partial consumed by a match.
+    partial_skip: [usize; 2],
+    /// Readers that reached EOF.
+    closed: usize,
+    /// `wait_for` searches lines from this index on.
+    cursor: usize,
+}
+
+type Shared = Arc<(Mutex<Output>, Condvar)>;
+
+/// What to run; `GuestSession::start` fills it from the environment.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub mode: Mode,
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Extra vmm arguments (after `--kernel K --initramfs I`).
+    pub args: Vec<String>,
+    /// Nested mode only: extra nested-run.sh options (e.g. `--file`, `--l1-mem`), placed
+    /// before `--`. `from_env` takes them from `$VMM_NESTED_ARGS` (split on whitespace).
+    pub nested_args: Vec<String>,
+}
+
+impl SessionConfig {
+    /// Probe mode, `vmm_bin()`, cached assets, the given vmm args.
+    pub fn from_env(args: &[String]) -> Self {
+        let a = assets();
+        SessionConfig {
+            mode: probe_mode(),
+            vmm: vmm_bin(),
+            kernel: a.kernel,
+            initramfs: a.initramfs,
+            args: args.to_vec(),
+            nested_args: env::var("VMM_NESTED_ARGS")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = match self.mode {
+            Mode::Direct => {
+                let mut c = Command::new(&self.vmm);
+                c.arg("--kernel").arg(&self.kernel);
+                c.arg("--initramfs").arg(&self.initramfs);
+                c
+            }
+            Mode::Nested => {
+                let mut c = Command::new("bash");
+                c.arg(resources_dir().join("nested-run.sh"));
+                c.arg("--vmm").arg(&self.vmm);
+                c.arg("--kernel").arg(&self.kernel);
+                c.arg("--initramfs").arg(&self.initramfs);
+                c.args(&self.nested_args);
+                c.arg("--");
+                c
+            }
+        };
+        cmd.args(&self.args);
+        cmd
+    }
+}
+
+/// A running vmm (direct or nested) with its console on pipes.
+pub struct GuestSession {
+    mode: Mode,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Shared,
+    spawned: Instant,
+    readers: Vec<JoinHandle<()>>,
+    exit: Option<i32>,
+}
+
+impl GuestSession {
+    /// Boots the demo guest with the given vmm args (see `standard_guest_args`).
+    pub fn start(args: &[String]) -> GuestSession {
+        let cfg = SessionConfig::from_env(args);
+        Self::start_with(&cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the vmm as described by `cfg`.
+    pub fn start_with(cfg: &SessionConfig) -> Result<GuestSession, String> {
+        let mut cmd = cfg.command();
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // own process group, so Drop can kill nested-run.sh and its qemu together
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        eprintln!("[harness] mode {}: {:?}", cfg.mode, cmd);
+        let spawned = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+        let out: Shared = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let mut readers = Vec::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        readers.push(spawn_reader(stdout, Stream::Stdout, out.clone(), spawned));
+        readers.push(spawn_reader(stderr, Stream::Stderr, out.clone(), spawned));
+        Ok(GuestSession {
+            mode: cfg.mode,
+            stdin: child.stdin.take(),
+            child,
+            out,
+            spawned,
+            readers,
+            exit: None,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// When the process was spawned.
+    pub fn spawn_instant(&self) -> Instant {
+        self.spawned
+    }
+
+    /// When the vmm started: the `@@NESTED vmm-start` line in nested mode (None until
+    /// it was seen), the spawn time in direct mode.
+    pub fn vmm_start_instant(&self) -> Option<Instant> {
+        match self.mode {
+            Mode::Direct => Some(self.spawned),
+            Mode::Nested => {
+                let o = self.out.0.lock().unwrap_or_else(|e| e.into_inner());
+                o.lines
+                    .iter()
+                    .find(|l| l.text.contains(NESTED_START))
+                    .map(|l| l.at)
+            }
+        }
+    }
+
+    /// Waits for a complete output line containing `needle` after the previous match;
+    /// returns the line (without `\r`/`\n`). Stdout and stderr are both searched.
+    /// The error tells why and includes the last ~40 lines of output.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        self.wait_for_line(needle, timeout).map(|l| l.text)
+    }
+
+    /// Like `wait_for`, returning the line with its timestamp.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> Result<Line, String> {
+        self.wait_impl(needle, timeout, false)
+    }
+
+    /// Like `wait_for`, but also matches the unterminated tail of the output (a shell
+    /// prompt waiting for input); returns what was printed of that line so far.
+    pub fn wait_for_prompt(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        self.wait_impl(needle, timeout, true).map(|l| l.text)
+    }
+
+    fn wait_impl(&self, needle: &str, timeout: Duration, partial: bool) -> Result<Line, String> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.out;
+        let mut o = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(i) = (o.cursor..o.lines.len())
+                .find(|&i| o.lines[i].text[o.line_skip[i]..].contains(needle))
+            {
+                o.cursor = i + 1;
+                return Ok(o.lines[i].clone());
+            }
+            for s in [Stream::Stdout, Stream::Stderr] {
+                if !partial {
+                    break;
+                }
+                let k = s as usize;
+                let from = o.partial_skip[k];
+                if let Some(pos) = o.partial[k][from..].find(needle) {
+                    // the rest of this partial line stays searchable once it is terminated
+                    o.partial_skip[k] = from + pos + needle.len();
+                    o.cursor = o.lines.len();
+                    return Ok(Line {
+                        at: Instant::now(),
+                        stream: s,
+                        text: o.partial[k].clone(),
+                    });
+                }
+            }
+            let now = Instant::now();
+            let why = if o.closed == 2 {
+                Some("the process closed its output")
+            } else if now >= deadline {
+                Some("timed out")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(format!(
+                    "waiting for {needle:?}: {why} after {:.1}s; last output lines:\n{}",
+                    self.spawned.elapsed().as_secs_f64(),
+                    tail(&o)
+                ));
+            }
+            o = cv
+                .wait_timeout(o, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Types a line (a newline is appended) into the guest console.
+    pub fn send_line(&mut self, s: &str) {
+        eprintln!("[{:7.2}s] >>> {s}", self.spawned.elapsed().as_secs_f64());
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin
+            .write_all(format!("{s}\n").as_bytes())
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing to the vmm's stdin: {e}"));
+    }
+
+    /// Closes the console input (EOF).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// A copy of all output lines so far.
+    pub fn lines(&self) -> Vec<Line> {
+        let o = self.out.0.lock().unwrap_or_else(|e| e.into_inner());
+        o.lines.clone()
+    }
+
+    /// The last ~40 lines of output, for error messages.
+    pub fn tail(&self) -> String {
+        tail(&self.out.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Waits for the vmm to exit; returns its exit status (nested mode: parsed from
+    /// `@@NESTED vmm-exit N`, direct mode: the process status; a signal is an error).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<i32, String> {
+        if let Some(c) = self.exit {
+            return Ok(c);
+        }
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "vmm did not exit within {timeout:?}; last output lines:\n{}",
+                        self.tail()
+                    ))
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(50)),
+                Err(e) => return Err(format!("waiting for the vmm: {e}")),
+            }
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let code = match self.mode {
+            Mode::Direct => status.code().ok_or_else(|| {
+                format!(
+                    "vmm killed by a signal ({status}); last output lines:\n{}",
+                    self.tail()
+                )
+            })?,
+            Mode::Nested => {
+                let parsed = self.lines().iter().rev().find_map(|l| {
+                    l.text
+                        .split_once(NESTED_EXIT)
+                        .and_then(|(_, n)| n.trim().parse::<i32>().ok())
+                });
+                match parsed {
+                    Some(c) => c,
+                    None => {
+                        return Err(format!(
+                        "nested run ended ({status}) without a `{}N` line; last output lines:\n{}",
+                        NESTED_EXIT,
+                        self.tail()
+                    ))
+                    }
+                }
+            }
+        };
+        self.exit = Some(code);
+        Ok(code)
+    }
+}
+
+impl Drop for GuestSession {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if let Ok(None) = self.child.try_wait() {
+            // the whole process group (nested-run.sh + qemu): TERM lets nested-run.sh
+            // remove its work dir, KILL whatever is left
+            let group = format!("-{}", self.child.id());
+            let signal = |sig: &str| {
+                let _ = Command::new("kill")
+                    .args([sig, "--", &group])
+                    .stderr(Stdio::null())
+                    .status();
+            };
+            signal("-TERM");
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(50));
+            }
+            signal("-KILL");
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+fn tail(o: &Output) -> String {
+    let start = o.lines.len().saturating_sub(TAIL_LINES);
+    let mut s = String::new();
+    for l in &o.lines[start..] {
+        s.push_str("    ");
+        s.push_str(&l.text);
+        s.push('\n');
+    }
+    for p in &o.partial {
+        if !p.is_empty() {
+            s.push_str("    ");
+            s.push_str(p);
+            s.push_str(" (no newline)\n");
+        }
+    }
+    s
+}
+
+fn spawn_reader<R: Read + Send + 'static>(
+    mut r: R,
+    stream: Stream,
+    out: Shared,
+    t0: Instant,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut pending: Vec<u8> = Vec::new();
+        let tag = if stream == Stream::Stderr { "!" } else { " " };
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) | Err(_) => 0,
+                Ok(n) => n,
+            };
+            let (lock, cv) = &*out;
+            let mut o = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if n == 0 {
+                if !pending.is_empty() {
+                    let text = clean(&pending);
+                    eprintln!("[{:7.2}s]{tag}{text}", t0.elapsed().as_secs_f64());
+                    push_line(&mut o, stream, text);
+                }
+                o.partial[stream as usize].clear();
+                o.closed += 1;
+                cv.notify_all();
+                return;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                let text = clean(&pending[..pos]);
+                pending.drain(..=pos);
+                eprintln!("[{:7.2}s]{tag}{text}", t0.elapsed().as_secs_f64());
+                push_line(&mut o, stream, text);
+            }
+            o.partial[stream as usize] = clean(&pending);
+            cv.notify_all();
+        }
+    })
+}
+
+fn push_line(o: &mut Output, stream: Stream, text: String) {
+    let k = stream as usize;
+    // a consumed prefix of the partial carries over to the line it became
+    let skip = std::mem::take(&mut o.partial_skip[k]).min(text.len());
+    let skip = if text.is_char_boundary(skip) { skip } else { 0 };
+    o.line_skip.push(skip);
+    o.lines.push(Line {
+        at: Instant::now(),
+        stream,
+        text,
+    });
+}
+
+/// Lossy UTF-8 with carriage returns removed.
+fn clean(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).replace('\r', "")
+}
+
+/// Seconds between two instants (negative if `b` is before `a`).
+pub fn secs_between(a: Instant, b: Instant) -> f64 {
+    if b >= a {
+        (b - a).as_secs_f64()
+    } else {
+        -((a - b).as_secs_f64())
+    }
+}
