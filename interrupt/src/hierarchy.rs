@@ -81,8 +81,8 @@ impl InterruptHierarchy {
     }
 
     /// Renders the hierarchy for a person: layers, then per domain and vector the message,
-    /// remap result, GSI, mask/pending state and counters. Vectors never programmed are
-    /// summarised.
+    /// remap result, GSI, mask/pending state and counters. Vectors that were never active
+    /// (no GSI, never fired) are summarised in one line.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let s = self.vectors.stats();
@@ -105,7 +105,7 @@ impl InterruptHierarchy {
             );
             let mut idle = 0;
             for v in &snap {
-                if v.message.is_none() && v.fires == 0 && v.gsi.is_none() {
+                if v.fires == 0 && v.gsi.is_none() {
                     idle += 1;
                     continue;
                 }
@@ -129,7 +129,7 @@ impl InterruptHierarchy {
                 );
             }
             if idle > 0 {
-                let _ = writeln!(out, "    ({idle} vectors never programmed)");
+                let _ = writeln!(out, "    ({idle} vectors inactive: never unmasked with a message, never fired)");
             }
         }
         out
@@ -171,7 +171,7 @@ mod tests {
             text.contains("gsi=24 unmasked fires=1 delivered=1"),
             "{text}"
         );
-        assert!(text.contains("(7 vectors never programmed)"), "{text}");
+        assert!(text.contains("(7 vectors inactive"), "{text}");
         assert!(text.contains("commits=1"), "{text}");
     }
 
