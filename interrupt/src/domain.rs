@@ -18,7 +18,7 @@ use log::{error, warn};
 
 use crate::hierarchy::InterruptHierarchy;
 use crate::msi::MsiMessage;
-use crate::remap::{RemapOutcome, RequesterId};
+use crate::remap::{RemapOutcome, RequesterId, RetranslateScope};
 use crate::vector::{Gsi, Vector};
 use crate::{Error, Result};
 
@@ -237,14 +237,20 @@ impl DeviceDomain {
         Ok(())
     }
 
-    /// Re-translates every active vector through the remap layer (after the remap layer's
-    /// state changed). irqfds are kept.
-    pub fn retranslate(&self) -> Result<()> {
+    /// Re-translates the active vectors `scope` covers through the remap layer (after the
+    /// remap layer's state changed); returns how many were re-routed. irqfds and GSIs are
+    /// kept, so no interrupt fired meanwhile is lost.
+    pub fn retranslate(&self, scope: RetranslateScope) -> Result<usize> {
         let mut v = self.lock();
-        for d in v.iter_mut().filter(|d| d.vector.is_some()) {
-            self.route(d)?;
+        let mut n = 0;
+        for d in v.iter_mut() {
+            let covered = d.vector.is_some() && d.message.is_some_and(|m| scope.covers(&m));
+            if covered {
+                self.route(d)?;
+                n += 1;
+            }
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Snapshot of every vector.
@@ -461,6 +467,49 @@ mod tests {
         let d = h.create_domain("dev", DomainKind::MsiX, RequesterId(8), 2, None);
         assert!(matches!(d.fire(2), Err(Error::IndexOutOfRange { .. })));
         assert!(!d.is_pending(9));
+    }
+
+    /// A remap layer whose translation of remappable messages is "vector = base + index".
+    struct ShiftRemap(std::sync::Mutex<u8>);
+    impl crate::remap::RemapLayer for ShiftRemap {
+        fn name(&self) -> &str {
+            "shift"
+        }
+        fn remap(&self, _r: RequesterId, m: MsiMessage) -> RemapOutcome {
+            match m.remap_index() {
+                Some(i) => RemapOutcome::Deliver(msg(*self.0.lock().unwrap() + i as u8)),
+                None => RemapOutcome::Blocked,
+            }
+        }
+    }
+
+    #[test]
+    fn scoped_retranslation_reroutes_only_covered_vectors() {
+        let b = Arc::new(RecordingBackend::default());
+        let l = Arc::new(KvmVectorLayer::new(b.clone(), 24, 4096));
+        let remap = Arc::new(ShiftRemap(std::sync::Mutex::new(0x40)));
+        let h = InterruptHierarchy::new(l, remap.clone());
+        let d = h.create_domain("dev", DomainKind::MsiX, RequesterId(8), 4, None);
+        for i in 0..4 {
+            d.set_message(i, Some(MsiMessage::remappable(i as u16)))
+                .unwrap();
+            d.set_masked(i, false).unwrap();
+        }
+        d.fire(0).unwrap();
+        *remap.0.lock().unwrap() = 0x80;
+        let n = h.retranslate(RetranslateScope::IrteRange { start: 1, count: 2 });
+        assert_eq!(n, 2);
+        d.fire(0).unwrap();
+        let r: Vec<u8> = b
+            .committed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.vector())
+            .collect();
+        assert_eq!(r, vec![0x40, 0x81, 0x82, 0x43]);
+        assert_eq!(h.retranslate(RetranslateScope::All), 4);
+        assert_eq!(b.irqfds.lock().unwrap().len(), 4);
     }
 
     #[test]

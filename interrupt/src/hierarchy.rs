@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use log::warn;
 
 use crate::domain::{DeviceDomain, DomainKind};
-use crate::remap::{RemapLayer, RemapOutcome, RequesterId};
+use crate::remap::{RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
 use crate::vector::{Gsi, VectorLayer};
 
 /// The interrupt hierarchy of one VM.
@@ -74,6 +74,21 @@ impl InterruptHierarchy {
             .collect()
     }
 
+    /// Re-translates the active vectors of every domain that `scope` covers (called by the
+    /// remap layer after an invalidation or an enable change); returns how many vectors
+    /// were re-routed. The new routes are committed before the next fire.
+    pub fn retranslate(&self, scope: RetranslateScope) -> usize {
+        self.domains()
+            .iter()
+            .map(|d| {
+                d.retranslate(scope).unwrap_or_else(|e| {
+                    warn!("{}: re-translation failed: {e}", d.name());
+                    0
+                })
+            })
+            .sum()
+    }
+
     pub(crate) fn note_gsi_exhausted(&self, limit: u32) {
         if !self.exhausted_logged.swap(true, Ordering::Relaxed) {
             warn!("all {limit} KVM routes in use: further vectors are delivered with KVM_SIGNAL_MSI (slower)");
@@ -92,7 +107,8 @@ impl InterruptHierarchy {
             "  vector layer: kvm  routes={} allocated={} commits={} route_changes={} slow_path_msis={}",
             s.routes, s.allocated, s.commits, s.route_changes, s.slow_path_signals
         );
-        let _ = writeln!(out, "  remap layer: {}", self.remap_layer().name());
+        let remap = self.remap_layer();
+        let _ = writeln!(out, "  remap layer: {} {}", remap.name(), remap.summary());
         for d in self.domains() {
             let snap = d.snapshot();
             let _ = writeln!(
@@ -109,7 +125,13 @@ impl InterruptHierarchy {
                     idle += 1;
                     continue;
                 }
-                let msg = v.message.map_or("-".to_string(), |m| m.to_string());
+                let msg = match v.message {
+                    None => "-".to_string(),
+                    Some(m) => match m.remap_index() {
+                        Some(i) => format!("{m} (IRTE {i})"),
+                        None => m.to_string(),
+                    },
+                };
                 let remap = match v.remapped {
                     None => "inactive".to_string(),
                     Some(RemapOutcome::Blocked) => "blocked".to_string(),
@@ -129,7 +151,10 @@ impl InterruptHierarchy {
                 );
             }
             if idle > 0 {
-                let _ = writeln!(out, "    ({idle} vectors inactive: never unmasked with a message, never fired)");
+                let _ = writeln!(
+                    out,
+                    "    ({idle} vectors inactive: never unmasked with a message, never fired)"
+                );
             }
         }
         out

@@ -25,7 +25,7 @@ pub use domain::{DeviceDomain, DomainKind, VectorSnapshot};
 pub use error::Error;
 pub use hierarchy::InterruptHierarchy;
 pub use msi::MsiMessage;
-pub use remap::{NoRemap, RemapLayer, RemapOutcome, RequesterId};
+pub use remap::{NoRemap, RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
 pub use vector::{
     Gsi, KvmVectorLayer, RecordingBackend, RoutingBackend, Vector, VectorLayer, VectorLayerStats,
 };

@@ -77,6 +77,32 @@ impl MsiMessage {
         self.address & (1 << 4) != 0
     }
 
+    /// Interrupt-remapping table index of a remappable-format message (Intel VT-d):
+    /// handle = address bits 19:5 plus bit 2 as bit 15; with SHV (address bit 3) the
+    /// subhandle (data 15:0) is added. `None` for compatibility-format messages.
+    pub fn remap_index(&self) -> Option<u32> {
+        if !self.is_remappable() {
+            return None;
+        }
+        let handle =
+            ((self.address >> 5) & 0x7fff) as u32 | ((((self.address >> 2) & 1) as u32) << 15);
+        let shv = self.address & (1 << 3) != 0;
+        Some(if shv {
+            handle + (self.data & 0xffff)
+        } else {
+            handle
+        })
+    }
+
+    /// Composes a remappable-format message for IRTE `index` (SHV = 0).
+    pub fn remappable(index: u16) -> Self {
+        let address = MSI_ADDRESS_BASE
+            | (u64::from(index & 0x7fff) << 5)
+            | (1 << 4)
+            | (u64::from(index >> 15) << 2);
+        Self { address, data: 0 }
+    }
+
     /// Destination APIC ID (compatibility format; includes KVM x2APIC high bits).
     pub fn destination(&self) -> u32 {
         (((self.address >> 12) & 0xff) as u32) | (((self.address >> 32) as u32) & 0xffff_ff00)
@@ -161,6 +187,19 @@ mod tests {
         assert!(!MsiMessage::new(0, 0, 0x30).targets_interrupt_window());
         assert!(!MsiMessage::new(0xFED0_0000, 0, 0x30).targets_interrupt_window());
         assert!(!MsiMessage::new(0xFEE0_0000, 0x1, 0x30).targets_interrupt_window());
+    }
+
+    #[test]
+    fn remap_index_decodes_handle_and_subhandle() {
+        assert_eq!(MsiMessage::remappable(0x8123).remap_index(), Some(0x8123));
+        assert_eq!(MsiMessage::remappable(7).address, 0xFEE0_00F0);
+        // SHV with subhandle 3.
+        let m = MsiMessage::new(0xFEE0_0000 | (10 << 5) | 0x18, 0, 3);
+        assert_eq!(m.remap_index(), Some(13));
+        assert_eq!(
+            MsiMessage::compose(0, false, 0x30, 0, false).remap_index(),
+            None
+        );
     }
 
     #[test]

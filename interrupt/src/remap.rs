@@ -47,6 +47,38 @@ pub trait RemapLayer: Send + Sync {
     fn name(&self) -> &str;
     /// Translates the message `requester` wrote.
     fn remap(&self, requester: RequesterId, message: MsiMessage) -> RemapOutcome;
+    /// One line of state for the hierarchy view (enable bits, fault counts...).
+    fn summary(&self) -> String {
+        String::new()
+    }
+}
+
+/// Which vectors a remap-layer state change affects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetranslateScope {
+    /// Every active vector (global invalidation, table pointer or enable changes).
+    All,
+    /// Vectors whose remappable-format message selects an IRTE index in
+    /// `start..start + count` (index-selective invalidation).
+    IrteRange {
+        /// First index.
+        start: u32,
+        /// Number of indices.
+        count: u32,
+    },
+}
+
+impl RetranslateScope {
+    /// Whether a vector carrying `message` is affected. Compatibility-format messages are
+    /// only affected by [`RetranslateScope::All`].
+    pub fn covers(&self, message: &MsiMessage) -> bool {
+        match self {
+            RetranslateScope::All => true,
+            RetranslateScope::IrteRange { start, count } => message
+                .remap_index()
+                .is_some_and(|i| i >= *start && i - start < *count),
+        }
+    }
 }
 
 /// The pass-through layer used when no IOMMU is configured.
@@ -90,6 +122,16 @@ mod tests {
             NoRemap.remap(r, MsiMessage::new(0xFEE0_0010, 0, 0)),
             RemapOutcome::Blocked
         );
+    }
+
+    #[test]
+    fn scope_covers_only_its_irte_range() {
+        let s = RetranslateScope::IrteRange { start: 8, count: 4 };
+        assert!(s.covers(&MsiMessage::remappable(8)));
+        assert!(s.covers(&MsiMessage::remappable(11)));
+        assert!(!s.covers(&MsiMessage::remappable(12)));
+        assert!(!s.covers(&MsiMessage::compose(0, false, 0x30, 0, false)));
+        assert!(RetranslateScope::All.covers(&MsiMessage::compose(0, false, 0x30, 0, false)));
     }
 
     #[test]
