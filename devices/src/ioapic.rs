@@ -23,6 +23,9 @@ pub const IOAPIC_SIZE: u64 = 0x1000;
 pub const IOAPIC_REQUESTER_ID: RequesterId = RequesterId(0xF0F8);
 /// Version register value of the classic IOAPIC (no EOI register).
 pub const IOAPIC_VERSION_11: u8 = 0x11;
+/// Version register value of an IOAPIC with the EOI register and remappable RTEs, used
+/// with interrupt remapping (Linux then EOIs level pins through the EOI register).
+pub const IOAPIC_VERSION_20: u8 = 0x20;
 
 const IOREGSEL: u64 = 0x00;
 const IOWIN: u64 = 0x10;
@@ -52,12 +55,19 @@ pub mod rte {
     pub const MASKED: u64 = 1 << 16;
     /// Destination (63:56).
     pub const DEST_SHIFT: u32 = 56;
+    /// Interrupt format (48): remappable when set (version 0x20 with remapping).
+    pub const REMAPPABLE: u64 = 1 << 48;
+    /// Remappable format: interrupt index bits 14:0 (63:49).
+    pub const INDEX_SHIFT: u32 = 49;
+    /// Remappable format: interrupt index bit 15 (11).
+    pub const INDEX_15: u64 = 1 << 11;
     /// Bits the guest may write.
-    pub const WRITABLE: u64 = 0xff00_0000_0001_afff;
+    pub const WRITABLE: u64 = 0xffff_0000_0001_afff;
 }
 
 struct State {
     id: u8,
+    version: u8,
     ioregsel: u32,
     rtes: [u64; NUM_PINS],
     /// Current input line levels (true = asserted).
@@ -73,8 +83,15 @@ pub struct Ioapic {
 }
 
 impl Ioapic {
-    /// Creates the IOAPIC with APIC ID `id`, its domain on GSIs `0..NUM_PINS` of `hierarchy`.
+    /// Creates a version 0x11 IOAPIC with APIC ID `id`, its domain on GSIs `0..NUM_PINS` of
+    /// `hierarchy`.
     pub fn new(id: u8, hierarchy: &Arc<InterruptHierarchy>) -> Self {
+        Self::with_version(id, hierarchy, IOAPIC_VERSION_11)
+    }
+
+    /// Creates an IOAPIC reporting `version` (0x11, or 0x20 for remappable RTEs and the
+    /// EOI register).
+    pub fn with_version(id: u8, hierarchy: &Arc<InterruptHierarchy>, version: u8) -> Self {
         let domain = hierarchy.create_domain(
             "ioapic",
             DomainKind::Ioapic,
@@ -85,6 +102,7 @@ impl Ioapic {
         Self {
             state: Mutex::new(State {
                 id,
+                version,
                 ioregsel: 0,
                 rtes: [rte::MASKED; NUM_PINS],
                 lines: [false; NUM_PINS],
@@ -164,8 +182,17 @@ impl Ioapic {
         }
     }
 
-    /// The message a redirection entry describes.
-    pub fn entry_message(entry: u64) -> MsiMessage {
+    /// The message a redirection entry describes. A remappable-format entry (version 0x20)
+    /// becomes the remappable MSI for its interrupt index, carrying the entry's vector field;
+    /// the remap layer translates it.
+    pub fn entry_message(entry: u64, version: u8) -> MsiMessage {
+        if version >= IOAPIC_VERSION_20 && entry & rte::REMAPPABLE != 0 {
+            let index = ((entry >> rte::INDEX_SHIFT) & 0x7fff) as u16
+                | (u16::from(entry & rte::INDEX_15 != 0) << 15);
+            let mut m = MsiMessage::remappable(index);
+            m.data = (entry & rte::VECTOR) as u32;
+            return m;
+        }
         MsiMessage::compose(
             (entry >> rte::DEST_SHIFT) as u32,
             entry & rte::DEST_LOGICAL != 0,
@@ -185,7 +212,7 @@ impl Ioapic {
         let masked = new & rte::MASKED != 0;
         if let Err(e) = self
             .domain
-            .set_message(pin, Some(Self::entry_message(new)))
+            .set_message(pin, Some(Self::entry_message(new, s.version)))
             .and_then(|_| self.domain.set_masked(pin, masked))
         {
             warn!("ioapic: pin {pin}: {e}");
@@ -200,7 +227,7 @@ impl Ioapic {
     fn read_register(&self, s: &State) -> u32 {
         match s.ioregsel {
             REG_ID | REG_ARB => u32::from(s.id & 0xf) << 24,
-            REG_VER => ((NUM_PINS as u32 - 1) << 16) | u32::from(IOAPIC_VERSION_11),
+            REG_VER => ((NUM_PINS as u32 - 1) << 16) | u32::from(s.version),
             r if (REG_REDTBL..REG_REDTBL + 2 * NUM_PINS as u32).contains(&r) => {
                 let pin = ((r - REG_REDTBL) / 2) as usize;
                 let e = s.rtes[pin];
@@ -261,9 +288,8 @@ impl DeviceMmio for Ioapic {
         match offset {
             IOREGSEL => s.ioregsel = v & 0xff,
             IOWIN => self.write_register(&mut s, v),
-            IOEOI => {
+            IOEOI if s.version >= IOAPIC_VERSION_20 => {
                 drop(s);
-                // Only a version 0x20 IOAPIC has this register; honouring it is harmless.
                 self.end_of_interrupt(v as u8);
             }
             _ => {}
@@ -374,13 +400,44 @@ mod tests {
     }
 
     #[test]
-    fn eoi_register_clears_remote_irr() {
-        let (_, io) = setup();
+    fn eoi_register_clears_remote_irr_on_version_20() {
+        let b = Arc::new(RecordingBackend::default());
+        let h = InterruptHierarchy::new(
+            Arc::new(KvmVectorLayer::new(b, 24, 4096)),
+            Arc::new(NoRemap),
+        );
+        let io = Ioapic::with_version(0, &h, IOAPIC_VERSION_20);
+        wr(&io, IOREGSEL, REG_VER);
+        assert_eq!(rd(&io, IOWIN) & 0xff, 0x20);
         program(&io, 9, 0x8000 | 0x39, 0);
         io.set_irq(9, true);
         io.set_irq(9, false);
         wr(&io, IOEOI, 0x39);
         assert_eq!(io.redirection_entry(9).unwrap() & rte::REMOTE_IRR, 0);
+    }
+
+    #[test]
+    fn version_11_has_no_eoi_register() {
+        let (_, io) = setup();
+        program(&io, 9, 0x8000 | 0x39, 0);
+        io.set_irq(9, true);
+        io.set_irq(9, false);
+        wr(&io, IOEOI, 0x39);
+        assert_ne!(io.redirection_entry(9).unwrap() & rte::REMOTE_IRR, 0);
+    }
+
+    #[test]
+    fn remappable_entry_becomes_remappable_message() {
+        // Index 0x8005: bits 14:0 in 63:49, bit 15 in bit 11; vector field = pin 3.
+        let e = (5u64 << rte::INDEX_SHIFT) | rte::REMAPPABLE | rte::INDEX_15 | rte::LEVEL | 3;
+        let m = Ioapic::entry_message(e, IOAPIC_VERSION_20);
+        assert_eq!(m.remap_index(), Some(0x8005));
+        assert_eq!(m.data, 3);
+        // The same bits on a version 0x11 IOAPIC mean a compatibility message.
+        assert_eq!(
+            Ioapic::entry_message(e, IOAPIC_VERSION_11).remap_index(),
+            None
+        );
     }
 
     #[test]
