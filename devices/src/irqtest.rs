@@ -193,7 +193,7 @@ impl IrqTest {
             Mode::MsiX => &self.msix_domain,
             _ => &self.msi_domain,
         };
-        d.snapshot().into_iter().nth(self.select as usize)
+        d.vector_snapshot(self.select as usize)
     }
 
     fn read_reg(&self, offset: u64) -> u32 {

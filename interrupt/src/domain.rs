@@ -258,18 +258,27 @@ impl DeviceDomain {
         self.lock()
             .iter()
             .enumerate()
-            .map(|(index, d)| VectorSnapshot {
-                index,
-                message: d.message,
-                remapped: d.remapped,
-                gsi: d.vector.as_ref().map(|v| v.gsi()),
-                masked: d.masked,
-                pending: d.pending,
-                fires: d.fires,
-                deliveries: d.deliveries,
-                dropped: d.dropped,
-            })
+            .map(|(index, d)| Self::snap(index, d))
             .collect()
+    }
+
+    /// Snapshot of vector `index` alone (O(1)).
+    pub fn vector_snapshot(&self, index: usize) -> Option<VectorSnapshot> {
+        self.lock().get(index).map(|d| Self::snap(index, d))
+    }
+
+    fn snap(index: usize, d: &VectorDesc) -> VectorSnapshot {
+        VectorSnapshot {
+            index,
+            message: d.message,
+            remapped: d.remapped,
+            gsi: d.vector.as_ref().map(|v| v.gsi()),
+            masked: d.masked,
+            pending: d.pending,
+            fires: d.fires,
+            deliveries: d.deliveries,
+            dropped: d.dropped,
+        }
     }
 
     /// Computes the remapped message and installs it as the vector's route, allocating the
