@@ -23,8 +23,11 @@ pub enum ConfigError {
     #[error("--memory size {0} bytes is too small: at least 64M is needed")]
     MemoryTooSmall(u64),
     /// `--device` could not be parsed.
-    #[error("invalid --device '{0}': expected irqtest[,vectors=N] with N in 1..=2048")]
+    #[error("invalid --device '{0}': expected irqtest[,vectors=N] (N in 1..=2048) or dsa[,wqs=N,engines=N,groups=N,ims=N]")]
     Device(String),
+    /// `--iommu` could not be parsed.
+    #[error("invalid --iommu '{0}': expected intel")]
+    Iommu(String),
     /// `--serial` could not be parsed.
     #[error("invalid --serial '{0}': expected tty, off or file=PATH")]
     Serial(String),
@@ -49,6 +52,24 @@ pub enum DeviceConfig {
         /// MSI-X table size.
         vectors: usize,
     },
+    /// An Intel DSA (idxd) device.
+    Dsa {
+        /// Work queues (1..=16).
+        wqs: u8,
+        /// Engines (1..=16).
+        engines: u8,
+        /// Groups (1..=16).
+        groups: u8,
+        /// IMS entries (multiple of 256, 256..=2048).
+        ims: u16,
+    },
+}
+
+/// The IOMMU added with `--iommu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuKind {
+    /// An Intel VT-d unit with interrupt remapping (no DMA translation).
+    Intel,
 }
 
 /// Default MSI-X vectors of an irqtest device.
@@ -75,6 +96,37 @@ impl DeviceConfig {
                     }
                 }
                 Ok(DeviceConfig::IrqTest { vectors })
+            }
+            Some("dsa") => {
+                let (mut wqs, mut engines, mut groups, mut ims) = (4u8, 4u8, 4u8, 256u16);
+                for p in parts {
+                    let (k, v) = p.split_once('=').ok_or_else(bad)?;
+                    let small = || {
+                        v.parse::<u8>()
+                            .ok()
+                            .filter(|n| (1..=16).contains(n))
+                            .ok_or_else(bad)
+                    };
+                    match k {
+                        "wqs" => wqs = small()?,
+                        "engines" => engines = small()?,
+                        "groups" => groups = small()?,
+                        "ims" => {
+                            ims = v
+                                .parse::<u16>()
+                                .ok()
+                                .filter(|n| (256..=2048).contains(n) && n % 256 == 0)
+                                .ok_or_else(bad)?
+                        }
+                        _ => return Err(bad()),
+                    }
+                }
+                Ok(DeviceConfig::Dsa {
+                    wqs,
+                    engines,
+                    groups,
+                    ims,
+                })
             }
             _ => Err(bad()),
         }
@@ -109,9 +161,12 @@ pub struct Cli {
     /// Serial console: tty, off or file=PATH.
     #[arg(long, default_value = "tty", value_name = "MODE")]
     pub serial: String,
-    /// Add a device: irqtest[,vectors=N] (repeatable).
+    /// Add a device: irqtest[,vectors=N] or dsa[,wqs=N,engines=N,groups=N,ims=N] (repeatable).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
+    /// Add an IOMMU: intel (VT-d interrupt remapping, x2APIC mode).
+    #[arg(long, value_name = "KIND")]
+    pub iommu: Option<String>,
     /// Print the interrupt hierarchy to stderr when the VMM exits.
     #[arg(long)]
     pub print_interrupts: bool,
@@ -134,6 +189,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// Devices to add.
     pub devices: Vec<DeviceConfig>,
+    /// IOMMU, if any.
+    pub iommu: Option<IommuKind>,
     /// Print the hierarchy at exit.
     pub print_interrupts: bool,
 }
@@ -190,7 +247,13 @@ impl VmConfig {
             .iter()
             .map(|d| DeviceConfig::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
+        let iommu = match cli.iommu.as_deref() {
+            None => None,
+            Some("intel") => Some(IommuKind::Intel),
+            Some(other) => return Err(ConfigError::Iommu(other.to_string())),
+        };
         Ok(Self {
+            iommu,
             devices,
             kernel: cli.kernel,
             initramfs: cli.initramfs,
@@ -287,6 +350,19 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn iommu_kinds() {
+        assert_eq!(
+            cli(&["--iommu", "intel"]).unwrap().iommu,
+            Some(IommuKind::Intel)
+        );
+        assert_eq!(cli(&[]).unwrap().iommu, None);
+        assert!(matches!(
+            cli(&["--iommu", "amd"]),
+            Err(ConfigError::Iommu(_))
+        ));
     }
 
     #[test]

@@ -34,6 +34,19 @@ const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX: HTT (EBX[23:16] is valid).
 const CPUID_1_EDX_HTT: u32 = 1 << 28;
+/// Leaf 7.0 ECX: MOVDIRI.
+const CPUID_7_ECX_MOVDIRI: u32 = 1 << 27;
+/// Leaf 7.0 ECX: MOVDIR64B.
+const CPUID_7_ECX_MOVDIR64B: u32 = 1 << 28;
+
+/// Guest CPU features the VMM adds beyond what KVM reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExtraFeatures {
+    /// Advertise MOVDIRI/MOVDIR64B. Linux's idxd driver refuses to load without MOVDIR64B;
+    /// on CPUs without it the guest can load the driver and configure devices, but must
+    /// submit descriptors with ordinary stores (a real MOVDIR64B would fault with #UD).
+    pub movdir64b: bool,
+}
 
 fn cpu_err(what: &'static str, cpu: u32) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
     move |source| CpuError::Kvm { what, cpu, source }
@@ -50,7 +63,7 @@ fn id_bits(n: u32) -> u32 {
 
 /// Builds the CPUID of vCPU `cpu` (APIC ID = `cpu`) out of KVM's supported CPUID.
 /// Topology: one package, `ncpus` cores, one thread per core.
-pub fn build_cpuid(base: &CpuId, cpu: u32, ncpus: u32) -> CpuId {
+pub fn build_cpuid(base: &CpuId, cpu: u32, ncpus: u32, extra: ExtraFeatures) -> CpuId {
     let mut entries: Vec<_> = base.as_slice().to_vec();
     let core_bits = id_bits(ncpus);
     let max_basic = entries
@@ -69,6 +82,9 @@ pub fn build_cpuid(base: &CpuId, cpu: u32, ncpus: u32) -> CpuId {
                 } else {
                     e.edx &= !CPUID_1_EDX_HTT;
                 }
+            }
+            7 if e.index == 0 && extra.movdir64b => {
+                e.ecx |= CPUID_7_ECX_MOVDIRI | CPUID_7_ECX_MOVDIR64B;
             }
             4 => {
                 // Deterministic cache parameters: cores per package - 1 in EAX[31:26].
@@ -137,8 +153,9 @@ pub fn configure_vcpu(
     base_cpuid: &CpuId,
     cpu: u32,
     ncpus: u32,
+    extra: ExtraFeatures,
 ) -> Result<(), CpuError> {
-    vcpu.set_cpuid2(&build_cpuid(base_cpuid, cpu, ncpus))
+    vcpu.set_cpuid2(&build_cpuid(base_cpuid, cpu, ncpus, extra))
         .map_err(cpu_err("KVM_SET_CPUID2", cpu))?;
     let supported = kvm
         .get_msr_index_list()
@@ -254,7 +271,7 @@ mod tests {
             eax,
             ..Default::default()
         };
-        CpuId::from_entries(&[e(0, 0xd), e(1, 0), e(0xb, 0), e(0x8000_0008, 0)]).unwrap()
+        CpuId::from_entries(&[e(0, 0xd), e(1, 0), e(7, 0), e(0xb, 0), e(0x8000_0008, 0)]).unwrap()
     }
 
     fn find(c: &CpuId, f: u32, i: u32) -> kvm_cpuid_entry2 {
@@ -266,7 +283,7 @@ mod tests {
 
     #[test]
     fn leaf1_reports_apic_id_and_x2apic() {
-        let c = build_cpuid(&base(), 1, 2);
+        let c = build_cpuid(&base(), 1, 2, ExtraFeatures::default());
         let l1 = find(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 1);
         assert_eq!((l1.ebx >> 16) & 0xff, 2);
@@ -276,11 +293,19 @@ mod tests {
 
     #[test]
     fn leaf_b_reports_full_x2apic_id_and_core_count() {
-        let c = build_cpuid(&base(), 300, 400);
+        let c = build_cpuid(&base(), 300, 400, ExtraFeatures::default());
         assert_eq!(find(&c, 0xb, 0).edx, 300);
         let core = find(&c, 0xb, 1);
         assert_eq!((core.eax, core.ebx, (core.ecx >> 8) & 0xff), (9, 400, 2));
         assert_eq!(find(&c, 0xb, 2).ecx >> 8 & 0xff, 0);
+    }
+
+    #[test]
+    fn movdir64b_is_advertised_only_on_request() {
+        let plain = build_cpuid(&base(), 0, 1, ExtraFeatures::default());
+        assert_eq!(find(&plain, 7, 0).ecx & CPUID_7_ECX_MOVDIR64B, 0);
+        let dsa = build_cpuid(&base(), 0, 1, ExtraFeatures { movdir64b: true });
+        assert_ne!(find(&dsa, 7, 0).ecx & CPUID_7_ECX_MOVDIR64B, 0);
     }
 
     #[test]

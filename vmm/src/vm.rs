@@ -193,6 +193,9 @@ impl Vm {
             });
         }
 
+        if config.iommu.is_some() {
+            return Err(VmError::Device("--iommu is not available in this build yet".into()));
+        }
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         // Only meaningful on Intel hosts; harmless to fail elsewhere.
         if let Err(e) = vm.set_tss_address(KVM_TSS_ADDR as usize) {
@@ -327,6 +330,11 @@ impl Vm {
                     IrqTest::new(&hierarchy, requester, *vectors)
                         .map_err(|e| VmError::Device(e.to_string()))?,
                 )),
+                DeviceConfig::Dsa { .. } => {
+                    return Err(VmError::Device(
+                        "the dsa device is not available in this build yet".into(),
+                    ))
+                }
             };
             root.add_device(device)
                 .map_err(|e| VmError::Device(e.to_string()))?;
@@ -397,12 +405,18 @@ impl Vm {
         let base_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let extra = cpu::ExtraFeatures {
+            movdir64b: config
+                .devices
+                .iter()
+                .any(|d| matches!(d, DeviceConfig::Dsa { .. })),
+        };
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            cpu::configure_vcpu(&kvm, &vcpu, &base_cpuid, id, config.vcpus)?;
+            cpu::configure_vcpu(&kvm, &vcpu, &base_cpuid, id, config.vcpus, extra)?;
             if id == 0 {
                 cpu::setup_boot_vcpu(&vcpu, boot_info.entry)?;
             }
