@@ -423,6 +423,8 @@ mod tests {
         }
         d.release(0).unwrap();
         assert_eq!(*b.irqfds.lock().unwrap(), vec![25]);
+        // The removal is committed with the next fire.
+        d.fire(1).unwrap();
         assert_eq!(*b.committed.lock().unwrap(), vec![(25, msg(0x41))]);
         assert!(d.snapshot()[0].masked);
     }

@@ -140,6 +140,9 @@ struct RouteTable {
     in_use: Vec<bool>,
     /// GSIs released and ready for reuse (above the reserved range).
     free: Vec<Gsi>,
+    /// GSIs released whose route removal is not committed yet; reusable after the next
+    /// commit, so a new vector never inherits a stale route.
+    quarantine: Vec<Gsi>,
     /// Next never-used GSI above the reserved range.
     next: Gsi,
     allocated: usize,
@@ -192,6 +195,7 @@ impl KvmVectorLayer {
                 index: HashMap::new(),
                 in_use: vec![false; max_gsi as usize],
                 free: Vec::new(),
+                quarantine: Vec::new(),
                 next: reserved,
                 allocated: 0,
             }),
@@ -210,7 +214,7 @@ impl KvmVectorLayer {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn commit_locked(&self, table: &RouteTable) -> Result<()> {
+    fn commit_locked(&self, table: &mut RouteTable) -> Result<()> {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -219,6 +223,8 @@ impl KvmVectorLayer {
             return Err(e);
         }
         self.commits.fetch_add(1, Ordering::Relaxed);
+        let released = std::mem::take(&mut table.quarantine);
+        table.free.extend(released);
         Ok(())
     }
 }
@@ -241,14 +247,20 @@ impl VectorLayer for KvmVectorLayer {
         let gsi = match fixed {
             Some(g) if g < self.reserved && !t.in_use[g as usize] => g,
             Some(g) => return Err(Error::GsiUnavailable(g)),
-            None => match t.free.pop() {
-                Some(g) => g,
-                None if t.next < self.max_gsi => {
-                    t.next += 1;
-                    t.next - 1
+            None => {
+                if t.free.is_empty() && t.next >= self.max_gsi && !t.quarantine.is_empty() {
+                    // Only released GSIs are left: commit their route removal to reuse them.
+                    self.commit_locked(&mut t)?;
                 }
-                None => return Err(Error::GsiExhausted(self.max_gsi)),
-            },
+                match t.free.pop() {
+                    Some(g) => g,
+                    None if t.next < self.max_gsi => {
+                        t.next += 1;
+                        t.next - 1
+                    }
+                    None => return Err(Error::GsiExhausted(self.max_gsi)),
+                }
+            }
         };
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
         if let Err(e) = self.backend.register_irqfd(&irqfd, gsi) {
@@ -288,17 +300,22 @@ impl VectorLayer for KvmVectorLayer {
 
     fn free(&self, vector: Arc<Vector>) -> Result<()> {
         let mut t = self.lock();
-        if t.remove(vector.gsi) {
+        let had_route = t.remove(vector.gsi);
+        if had_route {
             self.route_changes.fetch_add(1, Ordering::Relaxed);
             self.dirty.store(true, Ordering::Release);
         }
-        // The route must be gone before the GSI can be handed to someone else.
-        self.commit_locked(&t)?;
+        // Unbinding the irqfd first means nothing can signal the GSI while its stale route
+        // waits for the next commit; the GSI itself is reused only after that commit.
         self.backend.unregister_irqfd(&vector.irqfd, vector.gsi)?;
         t.in_use[vector.gsi as usize] = false;
         t.allocated -= 1;
-        if vector.gsi >= self.reserved {
-            t.free.push(vector.gsi);
+        match (vector.gsi >= self.reserved, had_route) {
+            (true, true) => t.quarantine.push(vector.gsi),
+            (true, false) => t.free.push(vector.gsi),
+            // Fixed GSIs are re-requested by number; commit so their stale route is gone.
+            (false, true) => self.commit_locked(&mut t)?,
+            (false, false) => {}
         }
         Ok(())
     }
@@ -307,8 +324,8 @@ impl VectorLayer for KvmVectorLayer {
         if !self.dirty.load(Ordering::Acquire) {
             return Ok(());
         }
-        let t = self.lock();
-        self.commit_locked(&t)
+        let mut t = self.lock();
+        self.commit_locked(&mut t)
     }
 
     fn fire(&self, vector: &Vector) -> Result<()> {
@@ -479,11 +496,44 @@ mod tests {
     fn free_removes_route_before_gsi_reuse() {
         let (b, l) = layer(0, 16);
         let v = l.allocate(None).unwrap();
+        let g = v.gsi();
         l.set_route(&v, Some(msg(0x40)));
         l.commit().unwrap();
         l.free(v).unwrap();
-        assert!(b.committed.lock().unwrap().is_empty());
         assert_eq!(l.stats().allocated, 0);
+        // Not reused before the removal is committed.
+        let w = l.allocate(None).unwrap();
+        assert_ne!(w.gsi(), g);
+        l.commit().unwrap();
+        assert!(b.committed.lock().unwrap().is_empty());
+        assert_eq!(l.allocate(None).unwrap().gsi(), g);
+    }
+
+    #[test]
+    fn freeing_many_vectors_costs_one_commit() {
+        let (b, l) = layer(0, 4096);
+        let vs: Vec<_> = (0..2048).map(|_| l.allocate(None).unwrap()).collect();
+        for v in &vs {
+            l.set_route(v, Some(msg(0x40)));
+        }
+        l.commit().unwrap();
+        for v in vs {
+            l.free(v).unwrap();
+        }
+        l.commit().unwrap();
+        assert_eq!(b.commits.load(Ordering::Relaxed), 2);
+        assert!(b.committed.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn exhaustion_with_quarantined_gsis_commits_and_reuses() {
+        let (b, l) = layer(0, 1);
+        let v = l.allocate(None).unwrap();
+        l.set_route(&v, Some(msg(0x40)));
+        l.free(v).unwrap();
+        let w = l.allocate(None).unwrap();
+        assert_eq!(w.gsi(), 0);
+        assert_eq!(b.commits.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -194,7 +194,9 @@ impl Vm {
         }
 
         if config.iommu.is_some() {
-            return Err(VmError::Device("--iommu is not available in this build yet".into()));
+            return Err(VmError::Device(
+                "--iommu is not available in this build yet".into(),
+            ));
         }
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         // Only meaningful on Intel hosts; harmless to fail elsewhere.
