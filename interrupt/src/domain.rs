@@ -289,7 +289,16 @@ impl DeviceDomain {
             .message
             .map(|m| self.hierarchy.remap_layer().remap(self.requester, m))
             .unwrap_or(RemapOutcome::Blocked);
+        let unchanged = d.remapped == Some(outcome);
         d.remapped = Some(outcome);
+        if unchanged
+            && d.vector
+                .as_ref()
+                .is_some_and(|v| v.is_routed() == matches!(outcome, RemapOutcome::Deliver(_)))
+        {
+            // Same translation, already installed: nothing to commit.
+            return Ok(());
+        }
         if d.vector.is_none() {
             match self.hierarchy.vector_layer().allocate(d.fixed_gsi) {
                 Ok(v) => d.vector = Some(v),
@@ -521,6 +530,20 @@ mod tests {
         assert_eq!(r, vec![0x40, 0x81, 0x82, 0x43]);
         assert_eq!(h.retranslate(RetranslateScope::All), 4);
         assert_eq!(b.irqfds.lock().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn unchanged_retranslation_causes_no_route_change() {
+        let (b, h) = setup(4096);
+        let d = h.create_domain("dev", DomainKind::MsiX, RequesterId(8), 2, None);
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        d.set_masked(0, false).unwrap();
+        d.fire(0).unwrap();
+        let changes = h.vector_layer().stats().route_changes;
+        assert_eq!(h.retranslate(RetranslateScope::All), 1);
+        d.fire(0).unwrap();
+        assert_eq!(h.vector_layer().stats().route_changes, changes);
+        assert_eq!(b.commits.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod hierarchy;
 pub mod msi;
 pub mod remap;
 pub mod vector;
+pub mod vtd;
 
 pub use domain::{DeviceDomain, DomainKind, VectorSnapshot};
 pub use error::Error;
@@ -29,6 +30,7 @@ pub use remap::{NoRemap, RemapLayer, RemapOutcome, RequesterId, RetranslateScope
 pub use vector::{
     Gsi, KvmVectorLayer, RecordingBackend, RoutingBackend, Vector, VectorLayer, VectorLayerStats,
 };
+pub use vtd::{VtdConfig, VtdUnit};
 
 /// Convenience result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;

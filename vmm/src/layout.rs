@@ -54,6 +54,10 @@ pub const PCI_ECAM_START: u64 = 0xe000_0000;
 pub const PCI_ECAM_END_BUS: u8 = 0;
 /// ECAM size (1 MiB per bus).
 pub const PCI_ECAM_SIZE: u64 = (PCI_ECAM_END_BUS as u64 + 1) << 20;
+/// Intel VT-d register page (one DRHD).
+pub const VTD_BASE: u64 = 0xfed9_0000;
+/// Size of the VT-d register page.
+pub const VTD_SIZE: u64 = 0x1000;
 /// LAPIC base.
 pub const LAPIC_START: u64 = 0xfee0_0000;
 /// Start of RAM above 4 GiB.
@@ -90,6 +94,8 @@ pub fn pci_mmio64_start(mem_size: u64) -> u64 {
 const _: () = {
     assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
     assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= devices::ioapic::IOAPIC_BASE);
+    assert!(devices::ioapic::IOAPIC_BASE + devices::ioapic::IOAPIC_SIZE <= VTD_BASE);
+    assert!(VTD_BASE + VTD_SIZE <= LAPIC_START);
     assert!(PD_ADDR + 0x1000 <= CMDLINE_ADDR);
     assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
 };

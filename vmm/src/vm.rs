@@ -21,16 +21,21 @@ use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use devices::ioapic::{Ioapic, IOAPIC_BASE, IOAPIC_SIZE};
+use devices::dsa::{Dsa, DsaConfig};
+use devices::ioapic::{
+    Ioapic, IOAPIC_BASE, IOAPIC_REQUESTER_ID, IOAPIC_SIZE, IOAPIC_VERSION_11, IOAPIC_VERSION_20,
+};
 use devices::irqtest::IrqTest;
 use devices::power::{GuestEvent, I8042Port, PowerManagement, ResetControlPort, SleepControlPort};
 use devices::serial::{IoapicPin, SerialPort, COM1_PIN, COM1_PORT};
-use interrupt::{InterruptHierarchy, KvmVectorLayer, NoRemap, RequesterId};
+use interrupt::{
+    InterruptHierarchy, KvmVectorLayer, NoRemap, RequesterId, VectorLayer, VtdConfig, VtdUnit,
+};
 use pci::{PciConfigIo, PciDevice, PciEcam, PciMmioWindow, PciRoot};
 
 use crate::acpi::{self, AcpiConfig};
 use crate::boot::{self, BootError};
-use crate::config::{DeviceConfig, SerialMode, VmConfig};
+use crate::config::{DeviceConfig, IommuKind, SerialMode, VmConfig};
 use crate::cpu::{self, CpuError};
 use crate::layout::*;
 use crate::terminal::RawTerminal;
@@ -193,11 +198,6 @@ impl Vm {
             });
         }
 
-        if config.iommu.is_some() {
-            return Err(VmError::Device(
-                "--iommu is not available in this build yet".into(),
-            ));
-        }
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         // Only meaningful on Intel hosts; harmless to fail elsewhere.
         if let Err(e) = vm.set_tss_address(KVM_TSS_ADDR as usize) {
@@ -238,12 +238,29 @@ impl Vm {
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
-        // Interrupt hierarchy: KVM vector layer, no remapping yet.
+        // Interrupt hierarchy: KVM vector layer, then the remap layer (VT-d or none).
         let max_routes = kvm
             .check_extension_int(Cap::IrqRouting)
             .max(IOAPIC_PINS as i32 + 1) as u32;
-        let vectors = Arc::new(KvmVectorLayer::new(vm.clone(), IOAPIC_PINS, max_routes));
-        let hierarchy = InterruptHierarchy::new(vectors, Arc::new(NoRemap));
+        let vectors: Arc<dyn VectorLayer> =
+            Arc::new(KvmVectorLayer::new(vm.clone(), IOAPIC_PINS, max_routes));
+        let (hierarchy, vtd) = match config.iommu {
+            None => (InterruptHierarchy::new(vectors, Arc::new(NoRemap)), None),
+            Some(IommuKind::Intel) => {
+                let vtd = VtdUnit::new(
+                    mem.clone(),
+                    vectors.clone(),
+                    VtdConfig {
+                        register_base: VTD_BASE,
+                        ioapic_source_id: IOAPIC_REQUESTER_ID,
+                        ..Default::default()
+                    },
+                );
+                let h = InterruptHierarchy::new(vectors, vtd.clone());
+                vtd.set_hierarchy(Arc::downgrade(&h));
+                (h, Some(vtd))
+            }
+        };
 
         let exit = Arc::new(ExitSignal {
             evt: EventFd::new(EFD_NONBLOCK).map_err(host_err("eventfd"))?,
@@ -252,7 +269,14 @@ impl Vm {
 
         // Devices.
         let mut io = IoManager::new();
-        let ioapic = Arc::new(Ioapic::new(0, &hierarchy));
+        // With remapping, Linux programs remappable RTEs and EOIs level pins through the
+        // EOI register of a version 0x20 IOAPIC.
+        let ioapic_version = if vtd.is_some() {
+            IOAPIC_VERSION_20
+        } else {
+            IOAPIC_VERSION_11
+        };
+        let ioapic = Arc::new(Ioapic::with_version(0, &hierarchy, ioapic_version));
         let range = |base: u64, size: u64| {
             MmioRange::new(MmioAddress(base), size).map_err(|e| VmError::Device(format!("{e:?}")))
         };
@@ -332,9 +356,21 @@ impl Vm {
                     IrqTest::new(&hierarchy, requester, *vectors)
                         .map_err(|e| VmError::Device(e.to_string()))?,
                 )),
-                DeviceConfig::Dsa { .. } => {
-                    return Err(VmError::Device(
-                        "the dsa device is not available in this build yet".into(),
+                DeviceConfig::Dsa {
+                    wqs,
+                    engines,
+                    groups,
+                    ims,
+                } => {
+                    let cfg = DsaConfig {
+                        wqs: *wqs,
+                        engines: *engines,
+                        groups: *groups,
+                        ims: *ims,
+                    };
+                    Arc::new(Mutex::new(
+                        Dsa::new(&hierarchy, requester, mem.clone(), cfg)
+                            .map_err(|e| VmError::Device(e.to_string()))?,
                     ))
                 }
             };
@@ -372,6 +408,13 @@ impl Vm {
         )
         .map_err(reg_err)?;
 
+        let mut extra_tables = Vec::new();
+        if let Some(vtd) = &vtd {
+            io.register_mmio(range(VTD_BASE, VTD_SIZE)?, Arc::new(VtdMmio(vtd.clone())))
+                .map_err(reg_err)?;
+            extra_tables.push(vtd.dmar_table(0, *b"RUSTVM", *b"RUSTVMM "));
+        }
+
         // ACPI, then the kernel (the zero page points at the RSDP).
         let acpi_cfg = AcpiConfig {
             num_cpus: config.vcpus,
@@ -385,7 +428,7 @@ impl Vm {
             pci_mmio64: (mmio64_start, PCI_MMIO64_SIZE),
             pm_port: ACPI_PM_PORT,
             serial_com1: serial.is_some(),
-            extra_tables: Vec::new(),
+            extra_tables,
         };
         let rsdp = acpi::create_acpi_tables(
             &mem,
@@ -499,6 +542,18 @@ impl Vm {
             eprint!("{}", self.hierarchy.render());
         }
         Ok(reason)
+    }
+}
+
+/// The VT-d register page on the MMIO bus.
+struct VtdMmio(Arc<VtdUnit>);
+
+impl vm_device::DeviceMmio for VtdMmio {
+    fn mmio_read(&self, _base: MmioAddress, offset: u64, data: &mut [u8]) {
+        self.0.mmio_read(offset, data)
+    }
+    fn mmio_write(&self, _base: MmioAddress, offset: u64, data: &[u8]) {
+        self.0.mmio_write(offset, data)
     }
 }
 
