@@ -9,5 +9,6 @@ pub mod boot;
 pub mod config;
 pub mod cpu;
 pub mod layout;
+pub mod movdir64b;
 pub mod terminal;
 pub mod vm;

@@ -9,8 +9,10 @@ use std::thread;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{
-    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API,
-    KVM_MAX_CPUID_ENTRIES, KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS,
+    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+    KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X2APIC_API, KVM_INTERNAL_ERROR_EMULATION,
+    KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_MAX_CPUID_ENTRIES,
+    KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use log::{debug, error, info, warn};
@@ -18,7 +20,9 @@ use thiserror::Error;
 use vm_allocator::AddressAllocator;
 use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use devices::dsa::{Dsa, DsaConfig};
@@ -38,6 +42,7 @@ use crate::boot::{self, BootError};
 use crate::config::{DeviceConfig, IommuKind, SerialMode, VmConfig};
 use crate::cpu::{self, CpuError};
 use crate::layout::*;
+use crate::movdir64b;
 use crate::terminal::RawTerminal;
 
 /// Number of IOAPIC pins reserved in KVM's split irqchip (GSIs 0..24).
@@ -222,6 +227,26 @@ impl Vm {
         };
         vm.enable_cap(&x2apic)
             .map_err(kvm_err("enabling KVM_CAP_X2APIC_API"))?;
+
+        let has_dsa = config
+            .devices
+            .iter()
+            .any(|d| matches!(d, DeviceConfig::Dsa { .. }));
+        if has_dsa
+            && host_has_movdir64b()
+            && kvm.check_extension_raw(KVM_CAP_EXIT_ON_EMULATION_FAILURE.into()) > 0
+        {
+            // Guest MOVDIR64B to a DSA portal then exits with the instruction bytes.
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_EXIT_ON_EMULATION_FAILURE,
+                args: [1, 0, 0, 0],
+                ..Default::default()
+            };
+            match vm.enable_cap(&cap) {
+                Ok(()) => info!("MOVDIR64B to emulated MMIO is emulated"),
+                Err(e) => warn!("KVM_CAP_EXIT_ON_EMULATION_FAILURE: {e}"),
+            }
+        }
 
         let mem = boot::create_memory(config.memory)?;
         for (slot, region) in mem.iter().enumerate() {
@@ -500,10 +525,7 @@ impl Vm {
             let mem = self.mem.clone();
             thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || {
-                    run_vcpu(id, vcpu, &io, &ioapic, &exit);
-                    drop(mem);
-                })
+                .spawn(move || run_vcpu(id, vcpu, &io, &ioapic, &exit, &mem))
                 .map_err(host_err("spawning vCPU thread"))?;
         }
 
@@ -580,7 +602,67 @@ impl vm_device::DevicePio for ConfigIoWithReset {
     }
 }
 
-fn run_vcpu(id: usize, mut vcpu: VcpuFd, io: &IoManager, ioapic: &Ioapic, exit: &ExitSignal) {
+/// Whether the host CPU implements MOVDIR64B (CPUID.7.0:ECX[28]).
+fn host_has_movdir64b() -> bool {
+    let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+    leaf7.ecx & (1 << 28) != 0
+}
+
+/// Performs a guest MOVDIR64B that KVM could not emulate: 64 bytes from the source to the
+/// destination (a portal on the MMIO bus, or RAM), then advances RIP.
+fn emulate_movdir64b(
+    vcpu: &VcpuFd,
+    io: &IoManager,
+    mem: &GuestMemoryMmap,
+    insn: &[u8],
+) -> Result<(), String> {
+    let mut regs = vcpu.get_regs().map_err(|e| e.to_string())?;
+    let sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
+    let op = movdir64b::decode(insn, &regs, |s| match s {
+        movdir64b::Segment::Fs => sregs.fs.base,
+        movdir64b::Segment::Gs => sregs.gs.base,
+    })
+    .map_err(|e| e.to_string())?;
+    if op.dst % movdir64b::MOVDIR64B_SIZE as u64 != 0 {
+        return Err(format!(
+            "MOVDIR64B destination {:#x} is not 64-byte aligned",
+            op.dst
+        ));
+    }
+    let gpa = |gva: u64| -> Result<u64, String> {
+        let t = vcpu.translate_gva(gva).map_err(|e| e.to_string())?;
+        if t.valid == 0 {
+            return Err(format!("MOVDIR64B address {gva:#x} is not mapped"));
+        }
+        Ok(t.physical_address)
+    };
+    let mut buf = [0u8; movdir64b::MOVDIR64B_SIZE];
+    // The source may cross a page boundary: translate each part.
+    let mut done = 0;
+    while done < buf.len() {
+        let va = op.src.wrapping_add(done as u64);
+        let chunk = (0x1000 - (va & 0xfff) as usize).min(buf.len() - done);
+        mem.read_slice(&mut buf[done..done + chunk], GuestAddress(gpa(va)?))
+            .map_err(|e| format!("MOVDIR64B source: {e}"))?;
+        done += chunk;
+    }
+    let dst = gpa(op.dst)?;
+    if io.mmio_write(MmioAddress(dst), &buf).is_err() {
+        mem.write_slice(&buf, GuestAddress(dst))
+            .map_err(|e| format!("MOVDIR64B destination: {e}"))?;
+    }
+    regs.rip = regs.rip.wrapping_add(op.len as u64);
+    vcpu.set_regs(&regs).map_err(|e| e.to_string())
+}
+
+fn run_vcpu(
+    id: usize,
+    mut vcpu: VcpuFd,
+    io: &IoManager,
+    ioapic: &Ioapic,
+    exit: &ExitSignal,
+    mem: &GuestMemoryMmap,
+) {
     loop {
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -619,9 +701,25 @@ fn run_vcpu(id: usize, mut vcpu: VcpuFd, io: &IoManager, ioapic: &Ioapic, exit: 
             }
             Ok(VcpuExit::Hlt) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => {}
             Ok(VcpuExit::InternalError) => {
-                // SAFETY: after KVM_EXIT_INTERNAL_ERROR, `internal` is the union member KVM
-                // filled in.
-                let sub = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                // SAFETY: after KVM_EXIT_INTERNAL_ERROR, `internal` and `emulation_failure`
+                // (same leading suberror field) are the union members KVM filled in.
+                let run = vcpu.get_kvm_run();
+                let sub = unsafe { run.__bindgen_anon_1.internal.suberror };
+                if sub == KVM_INTERNAL_ERROR_EMULATION {
+                    // SAFETY: see above; flags tell whether the instruction bytes are valid.
+                    let ef = unsafe { run.__bindgen_anon_1.emulation_failure };
+                    if ef.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                        != 0
+                    {
+                        // SAFETY: the bytes member is valid when the flag is set.
+                        let insn = unsafe { ef.__bindgen_anon_1.__bindgen_anon_1 };
+                        let n = usize::from(insn.insn_size).min(insn.insn_bytes.len());
+                        match emulate_movdir64b(&vcpu, io, mem, &insn.insn_bytes[..n]) {
+                            Ok(()) => continue,
+                            Err(e) => debug!("vcpu{id}: emulation failure not handled: {e}"),
+                        }
+                    }
+                }
                 let regs = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
                 exit.raise(ExitReason::Error(format!(
                     "vcpu{id}: KVM internal error, suberror {sub} at rip {regs:#x}"

@@ -1,0 +1,279 @@
+//! Emulation of guest MOVDIR64B to emulated MMIO (DSA portals).
+//!
+//! KVM's instruction emulator does not implement MOVDIR64B, so a guest that executes it on
+//! an emulated portal makes `KVM_RUN` fail with an emulation error. With
+//! `KVM_CAP_EXIT_ON_EMULATION_FAILURE` KVM reports the instruction bytes instead; the VMM
+//! decodes `66 0F 38 F8 /r` (destination address in the register operand, ES-relative;
+//! source = the 64-byte memory operand), reads the source, performs one 64-byte write to
+//! the destination and advances RIP. This needs a host CPU with MOVDIR64B (otherwise the
+//! guest's own instruction faults with #UD before any exit).
+
+use kvm_bindings::kvm_regs;
+use thiserror::Error;
+
+/// Why instruction bytes are not an emulatable MOVDIR64B.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than the encoding needs.
+    #[error("truncated instruction")]
+    Truncated,
+    /// Another instruction (or MOVDIR64B without its mandatory 0x66 prefix).
+    #[error("not a MOVDIR64B instruction")]
+    NotMovdir64b,
+    /// ModRM selects a register source, which is #UD.
+    #[error("MOVDIR64B with a register source operand")]
+    RegisterSource,
+}
+
+/// A decoded MOVDIR64B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Movdir64b {
+    /// Guest virtual destination address (from the register operand).
+    pub dst: u64,
+    /// Guest virtual source address (the memory operand).
+    pub src: u64,
+    /// Instruction length in bytes.
+    pub len: usize,
+}
+
+/// Segment override prefixes that matter in 64-bit mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// FS.
+    Fs,
+    /// GS.
+    Gs,
+}
+
+/// Size of the data MOVDIR64B moves.
+pub const MOVDIR64B_SIZE: usize = 64;
+
+fn gpr(regs: &kvm_regs, n: u8) -> u64 {
+    match n & 15 {
+        0 => regs.rax,
+        1 => regs.rcx,
+        2 => regs.rdx,
+        3 => regs.rbx,
+        4 => regs.rsp,
+        5 => regs.rbp,
+        6 => regs.rsi,
+        7 => regs.rdi,
+        8 => regs.r8,
+        9 => regs.r9,
+        10 => regs.r10,
+        11 => regs.r11,
+        12 => regs.r12,
+        13 => regs.r13,
+        14 => regs.r14,
+        _ => regs.r15,
+    }
+}
+
+/// Decodes `bytes` (64-bit mode) as MOVDIR64B against `regs` (RIP = the instruction).
+/// `segment_base` gives the FS/GS base for segment-override prefixes.
+pub fn decode(
+    bytes: &[u8],
+    regs: &kvm_regs,
+    segment_base: impl Fn(Segment) -> u64,
+) -> Result<Movdir64b, DecodeError> {
+    let mut i = 0;
+    let next = |i: &mut usize| -> Result<u8, DecodeError> {
+        let b = *bytes.get(*i).ok_or(DecodeError::Truncated)?;
+        *i += 1;
+        Ok(b)
+    };
+    let (mut opsize, mut addr32, mut seg) = (false, false, None);
+    let mut b = next(&mut i)?;
+    loop {
+        match b {
+            0x66 => opsize = true,
+            0x67 => addr32 = true,
+            0x26 | 0x2e | 0x36 | 0x3e => {}
+            0x64 => seg = Some(Segment::Fs),
+            0x65 => seg = Some(Segment::Gs),
+            _ => break,
+        }
+        if i >= 14 {
+            return Err(DecodeError::NotMovdir64b);
+        }
+        b = next(&mut i)?;
+    }
+    let rex = if (0x40..=0x4f).contains(&b) {
+        let r = b;
+        b = next(&mut i)?;
+        r
+    } else {
+        0
+    };
+    if !opsize || b != 0x0f || next(&mut i)? != 0x38 || next(&mut i)? != 0xf8 {
+        return Err(DecodeError::NotMovdir64b);
+    }
+    let modrm = next(&mut i)?;
+    let md = modrm >> 6;
+    if md == 3 {
+        return Err(DecodeError::RegisterSource);
+    }
+    let reg = ((modrm >> 3) & 7) | ((rex & 4) << 1);
+    let rm = modrm & 7;
+    let mut addr: u64 = 0;
+    let mut rip_relative = false;
+    if rm == 4 {
+        let sib = next(&mut i)?;
+        let scale = 1u64 << (sib >> 6);
+        let index = ((sib >> 3) & 7) | ((rex & 2) << 2);
+        let base = (sib & 7) | ((rex & 1) << 3);
+        if index != 4 {
+            addr = addr.wrapping_add(gpr(regs, index).wrapping_mul(scale));
+        }
+        if !(sib & 7 == 5 && md == 0) {
+            addr = addr.wrapping_add(gpr(regs, base));
+        }
+    } else if rm == 5 && md == 0 {
+        rip_relative = true;
+    } else {
+        addr = gpr(regs, rm | ((rex & 1) << 3));
+    }
+    let disp32 = |i: &mut usize| -> Result<u64, DecodeError> {
+        let d = bytes.get(*i..*i + 4).ok_or(DecodeError::Truncated)?;
+        *i += 4;
+        Ok(i32::from_le_bytes([d[0], d[1], d[2], d[3]]) as i64 as u64)
+    };
+    let no_base_sib = rm == 4 && md == 0 && bytes.get(i - 1).is_some_and(|s| s & 7 == 5);
+    let disp = match md {
+        1 => next(&mut i)? as i8 as i64 as u64,
+        2 => disp32(&mut i)?,
+        _ if rip_relative || no_base_sib => disp32(&mut i)?,
+        _ => 0,
+    };
+    addr = addr.wrapping_add(disp);
+    if rip_relative {
+        addr = addr.wrapping_add(regs.rip.wrapping_add(i as u64));
+    }
+    if let Some(s) = seg {
+        addr = addr.wrapping_add(segment_base(s));
+    }
+    let mut dst = gpr(regs, reg);
+    if addr32 {
+        addr &= 0xffff_ffff;
+        dst &= 0xffff_ffff;
+    }
+    Ok(Movdir64b {
+        dst,
+        src: addr,
+        len: i,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs() -> kvm_regs {
+        kvm_regs {
+            rax: 0x1000,
+            rcx: 3,
+            rbx: 0x2000,
+            rdi: 0x3000,
+            r8: 0x4000,
+            r9: 0x5000,
+            rip: 0x10_0000,
+            ..Default::default()
+        }
+    }
+
+    fn dec(b: &[u8]) -> Result<Movdir64b, DecodeError> {
+        decode(b, &regs(), |s| {
+            if s == Segment::Fs {
+                0x7000_0000
+            } else {
+                0x8000_0000
+            }
+        })
+    }
+
+    #[test]
+    fn register_indirect() {
+        // movdir64b rax, [rdi]
+        let m = dec(&[0x66, 0x0f, 0x38, 0xf8, 0x07]).unwrap();
+        assert_eq!(
+            m,
+            Movdir64b {
+                dst: 0x1000,
+                src: 0x3000,
+                len: 5
+            }
+        );
+    }
+
+    #[test]
+    fn rex_extends_reg_and_rm() {
+        // movdir64b r9, [r8]  (REX.R + REX.B)
+        let m = dec(&[0x66, 0x45, 0x0f, 0x38, 0xf8, 0x08]).unwrap();
+        assert_eq!((m.dst, m.src, m.len), (0x5000, 0x4000, 6));
+    }
+
+    #[test]
+    fn sib_with_scale_and_disp8() {
+        // movdir64b rax, [rbx + rcx*4 + 0x10]
+        let m = dec(&[0x66, 0x0f, 0x38, 0xf8, 0x44, 0x8b, 0x10]).unwrap();
+        assert_eq!((m.src, m.len), (0x2000 + 12 + 0x10, 7));
+    }
+
+    #[test]
+    fn negative_disp32() {
+        // movdir64b rax, [rdi - 0x100]
+        let m = dec(&[0x66, 0x0f, 0x38, 0xf8, 0x87, 0x00, 0xff, 0xff, 0xff]).unwrap();
+        assert_eq!((m.src, m.len), (0x2f00, 9));
+    }
+
+    #[test]
+    fn rip_relative() {
+        let m = dec(&[0x66, 0x0f, 0x38, 0xf8, 0x05, 0x10, 0, 0, 0]).unwrap();
+        assert_eq!(m.src, 0x10_0000 + 9 + 0x10);
+    }
+
+    #[test]
+    fn sib_without_base_uses_disp32() {
+        // movdir64b rax, [rcx*8 + 0x100]
+        let m = dec(&[0x66, 0x0f, 0x38, 0xf8, 0x04, 0xcd, 0x00, 0x01, 0, 0]).unwrap();
+        assert_eq!((m.src, m.len), (24 + 0x100, 10));
+    }
+
+    #[test]
+    fn segment_override_and_addr32() {
+        let m = dec(&[0x64, 0x66, 0x0f, 0x38, 0xf8, 0x07]).unwrap();
+        assert_eq!(m.src, 0x7000_3000);
+        let mut r = regs();
+        r.rdi = 0x1_0000_3000;
+        r.rax = 0x2_0000_1000;
+        let m = decode(&[0x67, 0x66, 0x0f, 0x38, 0xf8, 0x07], &r, |_| 0).unwrap();
+        assert_eq!((m.dst, m.src), (0x1000, 0x3000));
+    }
+
+    #[test]
+    fn other_instructions_are_rejected() {
+        assert_eq!(
+            dec(&[0x0f, 0x38, 0xf8, 0x07]),
+            Err(DecodeError::NotMovdir64b)
+        ); // no 66
+        assert_eq!(
+            dec(&[0xf3, 0x0f, 0x38, 0xf8, 0x07]),
+            Err(DecodeError::NotMovdir64b)
+        ); // ENQCMDS
+        assert_eq!(
+            dec(&[0x66, 0x0f, 0x38, 0xf9, 0x07]),
+            Err(DecodeError::NotMovdir64b)
+        );
+        assert_eq!(
+            dec(&[0x66, 0x0f, 0x38, 0xf8, 0xc7]),
+            Err(DecodeError::RegisterSource)
+        );
+        assert_eq!(dec(&[0x66, 0x0f, 0x38]), Err(DecodeError::Truncated));
+        assert_eq!(
+            dec(&[0x66, 0x0f, 0x38, 0xf8, 0x87, 0x00]),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(dec(&[]), Err(DecodeError::Truncated));
+        assert_eq!(dec(&[0x66; 20]), Err(DecodeError::NotMovdir64b));
+    }
+}
