@@ -331,6 +331,11 @@ impl DeviceDomain {
             (None, Some(RemapOutcome::Deliver(m))) => layer.signal_msi(m),
             _ => {
                 d.dropped += 1;
+                if let Some(m) = d.message {
+                    self.hierarchy
+                        .remap_layer()
+                        .report_blocked(self.requester, m);
+                }
                 return;
             }
         };

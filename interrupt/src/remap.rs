@@ -45,8 +45,13 @@ pub enum RemapOutcome {
 pub trait RemapLayer: Send + Sync {
     /// Short name shown in the hierarchy view (e.g. "none", "vt-d").
     fn name(&self) -> &str;
-    /// Translates the message `requester` wrote.
+    /// Translates the message `requester` wrote, to install as a route. No side effects:
+    /// routes are computed ahead of interrupt requests and again on every invalidation.
     fn remap(&self, requester: RequesterId, message: MsiMessage) -> RemapOutcome;
+    /// Called when `requester` actually requests an interrupt with `message` and
+    /// [`RemapLayer::remap`] blocked it: the layer records a fault where it has fault
+    /// reporting (the slow path; the fast path never gets here).
+    fn report_blocked(&self, _requester: RequesterId, _message: MsiMessage) {}
     /// One line of state for the hierarchy view (enable bits, fault counts...).
     fn summary(&self) -> String {
         String::new()

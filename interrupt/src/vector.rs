@@ -125,8 +125,12 @@ pub trait VectorLayer: Send + Sync {
     fn commit(&self) -> Result<()>;
     /// Signals the vector, committing pending route changes first.
     fn fire(&self, vector: &Vector) -> Result<()>;
-    /// Delivers `message` once without a route (`KVM_SIGNAL_MSI`).
+    /// Delivers `message` once without a route (`KVM_SIGNAL_MSI`): the slow path of a
+    /// device vector that could not get a GSI (counted in `slow_path_signals`).
     fn signal_msi(&self, message: MsiMessage) -> Result<()>;
+    /// Delivers a platform message once (an IOMMU's fault or completion event), not counted
+    /// as slow-path delivery.
+    fn send_platform_msi(&self, message: MsiMessage) -> Result<()>;
     /// Current counters.
     fn stats(&self) -> VectorLayerStats;
 }
@@ -143,6 +147,10 @@ struct RouteTable {
     /// GSIs released whose route removal is not committed yet; reusable after the next
     /// commit, so a new vector never inherits a stale route.
     quarantine: Vec<Gsi>,
+    /// Per GSI: a route was removed since the last commit (KVM may still hold it).
+    removed: Vec<bool>,
+    /// The GSIs flagged in `removed`, to clear them at commit.
+    removed_list: Vec<Gsi>,
     /// Next never-used GSI above the reserved range.
     next: Gsi,
     allocated: usize,
@@ -167,7 +175,17 @@ impl RouteTable {
         if let Some(moved) = self.entries.get(pos) {
             self.index.insert(moved.gsi, pos);
         }
+        if !self.removed[gsi as usize] {
+            self.removed[gsi as usize] = true;
+            self.removed_list.push(gsi);
+        }
         true
+    }
+
+    /// Whether KVM may still hold a route for `gsi` (installed, or removed but not
+    /// committed).
+    fn may_be_routed_in_kvm(&self, gsi: Gsi) -> bool {
+        self.index.contains_key(&gsi) || self.removed[gsi as usize]
     }
 }
 
@@ -188,6 +206,7 @@ impl KvmVectorLayer {
     /// split-irqchip IOAPIC pins, whose routes KVM scans for EOI tracking); dynamic
     /// allocation uses `reserved..max_gsi`.
     pub fn new(backend: Arc<dyn RoutingBackend>, reserved: Gsi, max_gsi: Gsi) -> Self {
+        let max_gsi = max_gsi.max(reserved);
         Self {
             backend,
             table: Mutex::new(RouteTable {
@@ -196,6 +215,8 @@ impl KvmVectorLayer {
                 in_use: vec![false; max_gsi as usize],
                 free: Vec::new(),
                 quarantine: Vec::new(),
+                removed: vec![false; max_gsi as usize],
+                removed_list: Vec::new(),
                 next: reserved,
                 allocated: 0,
             }),
@@ -225,6 +246,9 @@ impl KvmVectorLayer {
         self.commits.fetch_add(1, Ordering::Relaxed);
         let released = std::mem::take(&mut table.quarantine);
         table.free.extend(released);
+        for g in std::mem::take(&mut table.removed_list) {
+            table.removed[g as usize] = false;
+        }
         Ok(())
     }
 }
@@ -300,17 +324,17 @@ impl VectorLayer for KvmVectorLayer {
 
     fn free(&self, vector: Arc<Vector>) -> Result<()> {
         let mut t = self.lock();
-        let had_route = t.remove(vector.gsi);
-        if had_route {
+        if t.remove(vector.gsi) {
             self.route_changes.fetch_add(1, Ordering::Relaxed);
             self.dirty.store(true, Ordering::Release);
         }
+        let stale = t.may_be_routed_in_kvm(vector.gsi);
         // Unbinding the irqfd first means nothing can signal the GSI while its stale route
         // waits for the next commit; the GSI itself is reused only after that commit.
         self.backend.unregister_irqfd(&vector.irqfd, vector.gsi)?;
         t.in_use[vector.gsi as usize] = false;
         t.allocated -= 1;
-        match (vector.gsi >= self.reserved, had_route) {
+        match (vector.gsi >= self.reserved, stale) {
             (true, true) => t.quarantine.push(vector.gsi),
             (true, false) => t.free.push(vector.gsi),
             // Fixed GSIs are re-requested by number; commit so their stale route is gone.
@@ -342,6 +366,10 @@ impl VectorLayer for KvmVectorLayer {
 
     fn signal_msi(&self, message: MsiMessage) -> Result<()> {
         self.slow_path_signals.fetch_add(1, Ordering::Relaxed);
+        self.backend.signal_msi(message)
+    }
+
+    fn send_platform_msi(&self, message: MsiMessage) -> Result<()> {
         self.backend.signal_msi(message)
     }
 
@@ -507,6 +535,28 @@ mod tests {
         l.commit().unwrap();
         assert!(b.committed.lock().unwrap().is_empty());
         assert_eq!(l.allocate(None).unwrap().gsi(), g);
+    }
+
+    #[test]
+    fn gsi_whose_route_removal_is_uncommitted_is_not_reused() {
+        let (b, l) = layer(0, 16);
+        let v = l.allocate(None).unwrap();
+        let g = v.gsi();
+        l.set_route(&v, Some(msg(0x40)));
+        l.commit().unwrap();
+        l.set_route(&v, None); // removal not committed: KVM still routes g to 0x40
+        l.free(v).unwrap();
+        assert_ne!(l.allocate(None).unwrap().gsi(), g);
+        l.commit().unwrap();
+        assert!(b.committed.lock().unwrap().is_empty());
+        assert_eq!(l.allocate(None).unwrap().gsi(), g);
+    }
+
+    #[test]
+    fn max_below_reserved_is_clamped() {
+        let (_, l) = layer(24, 4);
+        assert!(l.allocate(Some(23)).is_ok());
+        assert!(matches!(l.allocate(None), Err(Error::GsiExhausted(24))));
     }
 
     #[test]

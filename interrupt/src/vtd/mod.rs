@@ -31,7 +31,6 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
-use std::cell::Cell;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use log::warn;
@@ -102,12 +101,6 @@ impl Effects {
             }
         });
     }
-}
-
-thread_local! {
-    /// Set while this thread re-translates on the unit's behalf: translation failures found
-    /// then are not interrupt requests, so they are not reported as faults.
-    static RETRANSLATING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// An emulated VT-d unit doing interrupt remapping only. `Send + Sync`; all state is behind
@@ -246,13 +239,11 @@ impl VtdUnit {
                 .unwrap_or_else(|e| e.into_inner())
                 .upgrade();
             if let Some(h) = hierarchy {
-                let previous = RETRANSLATING.with(|r| r.replace(true));
                 h.retranslate(scope);
-                RETRANSLATING.with(|r| r.set(previous));
             }
         }
         for msi in fx.msis {
-            if let Err(e) = self.vectors.signal_msi(msi) {
+            if let Err(e) = self.vectors.send_platform_msi(msi) {
                 warn!("vt-d: cannot deliver event interrupt {msi}: {e}");
             }
         }
@@ -265,25 +256,27 @@ impl RemapLayer for VtdUnit {
     }
 
     fn remap(&self, requester: RequesterId, message: MsiMessage) -> RemapOutcome {
+        match self.lock().translate(&self.mem, requester, message) {
+            Translation::Deliver(m) => RemapOutcome::Deliver(m),
+            Translation::Blocked | Translation::Fault { .. } => RemapOutcome::Blocked,
+        }
+    }
+
+    fn report_blocked(&self, requester: RequesterId, message: MsiMessage) {
         let mut fx = Effects::default();
-        let outcome = {
+        {
             let mut state = self.lock();
-            match state.translate(&self.mem, requester, message) {
-                Translation::Deliver(m) => RemapOutcome::Deliver(m),
-                Translation::Blocked => RemapOutcome::Blocked,
-                Translation::Fault { reason, index, fpd } => {
-                    let suppressed = (fpd && reason.qualified()) || RETRANSLATING.with(Cell::get);
-                    if suppressed {
-                        state.faults_suppressed += 1;
-                    } else {
-                        state.record_fault(reason, index, requester.0, &mut fx);
-                    }
-                    RemapOutcome::Blocked
+            if let Translation::Fault { reason, index, fpd } =
+                state.translate(&self.mem, requester, message)
+            {
+                if fpd && reason.qualified() {
+                    state.faults_suppressed += 1;
+                } else {
+                    state.record_fault(reason, index, requester.0, &mut fx);
                 }
             }
-        };
+        }
         self.apply(fx);
-        outcome
     }
 
     fn summary(&self) -> String {

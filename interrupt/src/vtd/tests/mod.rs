@@ -230,8 +230,14 @@ impl Fixture {
         assert!(self.submit_sync(&[iec_index(index, 0)]));
     }
 
+    /// An interrupt request as a device makes it: translate, and report the fault if the
+    /// request is blocked (what `DeviceDomain::fire` does on a blocked vector).
     pub fn remap(&self, requester: RequesterId, msg: MsiMessage) -> RemapOutcome {
-        self.unit.remap(requester, msg)
+        let outcome = self.unit.remap(requester, msg);
+        if outcome == RemapOutcome::Blocked {
+            self.unit.report_blocked(requester, msg);
+        }
+        outcome
     }
 
     // --- observation -----------------------------------------------------------------

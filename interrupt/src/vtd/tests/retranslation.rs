@@ -120,11 +120,14 @@ fn failed_translation_removes_the_route_and_records_no_fault() {
 }
 
 #[test]
-fn device_initiated_translation_failures_are_reported() {
+fn blocked_requests_are_reported_when_fired_not_when_routed() {
     let (f, d) = setup();
-    // The device's message now selects an entry that is not present.
+    // The device's message now selects an entry that is not present: routing blocks it
+    // silently, the interrupt request records the fault.
     d.set_message(1, Some(msix_message(40))).unwrap();
     assert_eq!(routed(&f, &d)[1], None);
+    assert!(f.pending_records().is_empty());
+    d.fire(1).unwrap();
     let r = f.pending_records();
     assert_eq!((r.len(), r[0].reason(), r[0].index()), (1, 0x22, 40));
     assert_ne!(f.read32(offset::FSTS) & fsts::PPF, 0);
