@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use interrupt::{InterruptHierarchy, KvmVectorLayer, NoRemap, RoutingBackend};
 use kvm_bindings::{
-    kvm_enable_cap, kvm_msi, kvm_userspace_memory_region, KVM_CAP_SPLIT_IRQCHIP,
-    KVM_CAP_X2APIC_API, KVM_MAX_CPUID_ENTRIES, KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK,
-    KVM_X2APIC_API_USE_32BIT_IDS,
+    kvm_enable_cap, kvm_mp_state, kvm_msi, kvm_userspace_memory_region, KVM_CAP_SPLIT_IRQCHIP,
+    KVM_CAP_X2APIC_API, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
+    KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK, KVM_X2APIC_API_USE_32BIT_IDS,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -207,6 +207,12 @@ fn kvm_fail(what: &str, e: impl std::fmt::Display) -> ! {
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
+/// The host's `KVM_CAP_MAX_VCPU_ID` (vCPU ids must be below it), `None` when `/dev/kvm`
+/// cannot be opened.
+pub fn max_vcpu_id() -> Option<usize> {
+    Kvm::new().ok().map(|kvm| kvm.get_max_vcpu_id())
+}
+
 /// Signal used to kick the vCPU thread out of `KVM_RUN` (the handler does nothing).
 fn kick_signal() -> i32 {
     static INSTALL: Once = Once::new();
@@ -226,6 +232,7 @@ pub struct KvmGuest {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     listing: Arc<Vec<ListingLine>>,
+    apic_id: u32,
 }
 
 impl KvmGuest {
@@ -233,6 +240,13 @@ impl KvmGuest {
     /// KVM tests are skipped through `VMM_SKIP_KVM_TESTS=1`; panics with a clear message when
     /// KVM is missing or unusable.
     pub fn new(test: &str) -> Option<Self> {
+        Self::with_vcpu_id(test, 0)
+    }
+
+    /// Like [`Self::new`], with the vCPU created as KVM vCPU `vcpu_id`, which is also its
+    /// APIC ID (the x2APIC ID in full; the guest runs in x2APIC mode). Panics when `vcpu_id`
+    /// is not below the host's `KVM_CAP_MAX_VCPU_ID` (see [`max_vcpu_id`]).
+    pub fn with_vcpu_id(test: &str, vcpu_id: u32) -> Option<Self> {
         if skip_kvm_tests(test) {
             return None;
         }
@@ -297,8 +311,17 @@ impl KvmGuest {
         }
 
         let vcpu = vm
-            .create_vcpu(0)
-            .unwrap_or_else(|e| kvm_fail("KVM_CREATE_VCPU", e));
+            .create_vcpu(u64::from(vcpu_id))
+            .unwrap_or_else(|e| kvm_fail(&format!("KVM_CREATE_VCPU (vCPU id {vcpu_id})"), e));
+        if vcpu_id != 0 {
+            // With an in-kernel LAPIC only the boot vCPU (id 0) starts runnable; the others
+            // wait for INIT/SIPI.
+            let runnable = kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            };
+            vcpu.set_mp_state(runnable)
+                .unwrap_or_else(|e| kvm_fail("KVM_SET_MP_STATE", e));
+        }
         let mut cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .unwrap_or_else(|e| kvm_fail("KVM_GET_SUPPORTED_CPUID", e));
@@ -348,7 +371,19 @@ impl KvmGuest {
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
             listing: Arc::new(listing),
+            apic_id: vcpu_id,
         })
+    }
+
+    /// The vCPU's APIC ID (its KVM vCPU id).
+    pub fn apic_id(&self) -> u32 {
+        self.apic_id
+    }
+
+    /// The guest memory (one slot of 1 MiB at guest-physical 0; the guest itself uses the
+    /// first 32 KiB).
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
     }
 
     /// The VM (what the vector layer routes through).
@@ -473,8 +508,10 @@ impl KvmGuest {
     /// and the `KVM_EXIT_IOAPIC_EOI`s of those handlers have been processed.
     pub fn flush(&self) {
         let before = self.count(SENTINEL_VECTOR);
+        // Physical destination: the vCPU's APIC ID, bits 31:8 in address_hi (x2APIC API).
         let msi = kvm_msi {
-            address_lo: 0xFEE0_0000, // physical destination APIC ID 0
+            address_lo: 0xFEE0_0000 | ((self.apic_id & 0xff) << 12),
+            address_hi: self.apic_id & !0xff,
             data: u32::from(SENTINEL_VECTOR),
             ..Default::default()
         };
@@ -634,5 +671,271 @@ fn vcpu_loop(
         );
         shared.update(|o| o.error = Some(msg));
         return;
+    }
+}
+
+/// Guest-physical layout of the VT-d structures a [`VtdDriver`] keeps in guest RAM, above
+/// the guest's code, data and stack (which end at 0x8000).
+pub mod vtd_layout {
+    /// Interrupt-remapping table: 256 entries of 16 bytes (IRTA.S = 7).
+    pub const IRT_BASE: u64 = 0x1_0000;
+    /// IRTA.S of the table: `2^(S + 1)` = 256 entries.
+    pub const IRT_S: u64 = 7;
+    /// Invalidation queue: 256 descriptors of 16 bytes (IQA.QS = 0).
+    pub const IQ_BASE: u64 = 0x2_0000;
+    /// Number of descriptors in the queue.
+    pub const IQ_ENTRIES: u32 = 256;
+    /// Status dword written by invalidation wait descriptors.
+    pub const WAIT_STATUS: u64 = 0x3_0000;
+}
+
+/// Status value Linux stores before submitting a wait descriptor (`QI_IN_USE`).
+const QI_IN_USE: u32 = 1;
+/// Status data Linux puts in its wait descriptors (`QI_DONE`).
+const QI_DONE: u32 = 2;
+
+/// Drives an [`interrupt::VtdUnit`] through its registers the way Linux's
+/// `intel_irq_remapping` does, with the remapping table and invalidation queue in the
+/// fixture's guest RAM (see [`vtd_layout`]). The unit is the remap layer of
+/// [`VtdDriver::hierarchy`], whose vector layer routes on the fixture's VM.
+pub struct VtdDriver {
+    /// The emulated unit.
+    pub unit: Arc<interrupt::VtdUnit>,
+    /// The hierarchy the unit remaps for (vector layer on the fixture's VM).
+    pub hierarchy: Arc<InterruptHierarchy>,
+    mem: GuestMemoryMmap,
+    /// Linux's shadow of the persistent GCMD bits (`iommu->gcmd`).
+    gcmd: u32,
+    /// Next free slot of the invalidation queue.
+    tail: u32,
+}
+
+impl VtdDriver {
+    /// A unit with the default configuration (IOAPIC source ID F0:1F.0), in reset state,
+    /// stacked on a `KvmVectorLayer` of `g`'s VM (24 reserved GSIs, 4096 routes).
+    pub fn new(g: &KvmGuest) -> Self {
+        let backend: Arc<dyn RoutingBackend> = g.vm();
+        let vectors: Arc<dyn interrupt::VectorLayer> =
+            Arc::new(KvmVectorLayer::new(backend, IOAPIC_PINS, 4096));
+        let unit = interrupt::VtdUnit::new(
+            g.mem().clone(),
+            vectors.clone(),
+            interrupt::VtdConfig::default(),
+        );
+        let hierarchy = InterruptHierarchy::new(vectors, unit.clone());
+        unit.set_hierarchy(Arc::downgrade(&hierarchy));
+        Self {
+            unit,
+            hierarchy,
+            mem: g.mem().clone(),
+            gcmd: 0,
+            tail: 0,
+        }
+    }
+
+    /// Reads a 32-bit register.
+    pub fn read32(&self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.unit.mmio_read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Reads a 64-bit register with one 8-byte access.
+    pub fn read64(&self, offset: u64) -> u64 {
+        let mut b = [0u8; 8];
+        self.unit.mmio_read(offset, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    /// Writes a 32-bit register.
+    pub fn write32(&self, offset: u64, value: u32) {
+        self.unit.mmio_write(offset, &value.to_le_bytes());
+    }
+
+    /// Writes a 64-bit register with one 8-byte access.
+    pub fn write64(&self, offset: u64, value: u64) {
+        self.unit.mmio_write(offset, &value.to_le_bytes());
+    }
+
+    /// GSTS.
+    pub fn gsts(&self) -> u32 {
+        self.read32(interrupt::vtd::spec::offset::GSTS)
+    }
+
+    /// Issues one GCMD command as Linux does (`writel(iommu->gcmd | cmd, GCMD)`) and checks
+    /// that GSTS shows `status` afterwards (the handshake is synchronous: no polling).
+    fn command(&mut self, cmd: u32, status: u32, set: bool) {
+        use interrupt::vtd::spec::{gcmd, offset};
+        let persistent = gcmd::QIE | gcmd::IRE | gcmd::CFI;
+        let value = if set {
+            self.gcmd | cmd
+        } else {
+            self.gcmd & !cmd
+        };
+        self.write32(offset::GCMD, value);
+        if cmd & persistent != 0 {
+            self.gcmd = value & persistent;
+        }
+        let gsts = self.gsts();
+        assert_eq!(
+            gsts & status != 0,
+            set,
+            "GCMD {value:#010x}: GSTS {gsts:#010x} does not show {status:#x} {}",
+            if set { "set" } else { "clear" }
+        );
+    }
+
+    /// Enables queued invalidation and interrupt remapping like Linux's
+    /// `intel_enable_irq_remapping` (x2APIC mode when `eime`), then points the fault event
+    /// at `fault_vector` on APIC `fault_dest` (FEUADDR holds destination bits 31:8) and
+    /// unmasks it.
+    pub fn enable(&mut self, eime: bool, fault_vector: u8, fault_dest: u32) {
+        use interrupt::vtd::spec::{ecap, fsts, gcmd, gsts, irta, offset};
+        let ecap_value = self.read64(offset::ECAP);
+        for (bit, name) in [(ecap::QI, "QI"), (ecap::IR, "IR"), (ecap::EIM, "EIM")] {
+            assert_ne!(ecap_value & bit, 0, "ECAP {ecap_value:#x} lacks {name}");
+        }
+        self.gcmd = self.gsts() & (gcmd::QIE | gcmd::IRE | gcmd::CFI);
+        // dmar_fault(-1): nothing is pending yet; clear the status bits anyway.
+        let status = self.read32(offset::FSTS);
+        assert_eq!(status & fsts::PPF, 0, "fault pending at reset: {status:#x}");
+        self.write32(offset::FSTS, fsts::PFO | fsts::PPF | fsts::PRO);
+        // dmar_enable_qi: IQT = 0, IQA = base | QS 0, GCMD.QIE.
+        self.tail = 0;
+        self.write32(offset::IQT, 0);
+        self.write64(offset::IQA, vtd_layout::IQ_BASE);
+        self.command(gcmd::QIE, gsts::QIES, true);
+        // iommu_set_irq_remapping: IRTA = base | EIME | S, GCMD.SIRTP, then a global IEC.
+        let eime_bit = if eime { irta::EIME } else { 0 };
+        self.write64(
+            offset::IRTA,
+            vtd_layout::IRT_BASE | eime_bit | vtd_layout::IRT_S,
+        );
+        self.command(gcmd::SIRTP, gsts::IRTPS, true);
+        self.invalidate_all();
+        // iommu_enable_irq_remapping: GCMD.IRE; CFI stays clear.
+        self.command(gcmd::IRE, gsts::IRES, true);
+        assert_eq!(self.gsts() & gsts::CFIS, 0, "CFI must start clear");
+        assert!(self.unit.is_enabled());
+        // dmar_set_interrupt: fault event message, then unmask.
+        self.write32(offset::FEDATA, u32::from(fault_vector));
+        self.write32(offset::FEADDR, 0xFEE0_0000 | ((fault_dest & 0xff) << 12));
+        self.write32(offset::FEUADDR, fault_dest & !0xff);
+        self.write32(offset::FECTL, 0);
+    }
+
+    /// Sets or clears GCMD.CFI (compatibility-format interrupts allowed).
+    pub fn set_cfi(&mut self, on: bool) {
+        use interrupt::vtd::spec::{gcmd, gsts};
+        self.command(gcmd::CFI, gsts::CFIS, on);
+    }
+
+    /// Queues `descriptors` plus a wait descriptor with status write (like Linux's
+    /// `qi_submit_sync`), moves the tail with one 32-bit IQT write and checks that the unit
+    /// consumed everything synchronously: IQH caught up, no IQE, status written.
+    pub fn submit_sync(&mut self, descriptors: &[[u64; 2]]) {
+        use interrupt::vtd::spec::{desc, fsts, iq, offset};
+        self.mem
+            .write_obj(QI_IN_USE, GuestAddress(vtd_layout::WAIT_STATUS))
+            .expect("wait status in guest RAM");
+        let wait = [
+            u64::from(desc::TYPE_WAIT)
+                | desc::WAIT_SW
+                | desc::WAIT_FN
+                | (u64::from(QI_DONE) << desc::WAIT_STATUS_DATA_SHIFT),
+            vtd_layout::WAIT_STATUS,
+        ];
+        for d in descriptors.iter().chain(std::iter::once(&wait)) {
+            let at = vtd_layout::IQ_BASE + u64::from(self.tail) * iq::DESCRIPTOR_SIZE;
+            self.mem
+                .write_obj(d[0], GuestAddress(at))
+                .expect("queue in guest RAM");
+            self.mem
+                .write_obj(d[1], GuestAddress(at + 8))
+                .expect("queue in guest RAM");
+            self.tail = (self.tail + 1) % vtd_layout::IQ_ENTRIES;
+        }
+        self.write32(offset::IQT, self.tail << iq::INDEX_SHIFT);
+        let head = (self.read64(offset::IQH) >> iq::INDEX_SHIFT) as u32;
+        let status = self.read32(offset::FSTS);
+        let done: u32 = self
+            .mem
+            .read_obj(GuestAddress(vtd_layout::WAIT_STATUS))
+            .expect("wait status in guest RAM");
+        assert_eq!(
+            (head, status & fsts::IQE, done),
+            (self.tail, 0, QI_DONE),
+            "invalidation queue: (IQH, FSTS.IQE, wait status) after IQT = {}",
+            self.tail
+        );
+    }
+
+    /// Global interrupt-entry-cache invalidation + wait.
+    pub fn invalidate_all(&mut self) {
+        use interrupt::vtd::spec::desc;
+        self.submit_sync(&[[u64::from(desc::TYPE_IEC), 0]]);
+    }
+
+    /// Index-selective IEC of `2^mask` entries from `index` + wait (`qi_flush_iec`).
+    pub fn invalidate(&mut self, index: u16, mask: u8) {
+        use interrupt::vtd::spec::desc;
+        let qw0 = u64::from(desc::TYPE_IEC)
+            | desc::IEC_INDEX_SELECTIVE
+            | (u64::from(mask) << desc::IEC_IM_SHIFT)
+            | (u64::from(index) << desc::IEC_IIDX_SHIFT);
+        self.submit_sync(&[[qw0, 0]]);
+    }
+
+    /// Stores IRTE `index` as Linux's `modify_irte` does (two 64-bit stores, high half
+    /// last) and invalidates it.
+    pub fn set_irte(&mut self, index: u16, irte: interrupt::vtd::spec::Irte) {
+        self.write_irte_raw(index, irte);
+        self.invalidate(index, 0);
+    }
+
+    /// Stores IRTE `index` without invalidating.
+    pub fn write_irte_raw(&self, index: u16, irte: interrupt::vtd::spec::Irte) {
+        let at = vtd_layout::IRT_BASE + u64::from(index) * interrupt::vtd::spec::Irte::SIZE;
+        self.mem
+            .write_obj(irte.lo, GuestAddress(at))
+            .expect("IRTE in guest RAM");
+        self.mem
+            .write_obj(irte.hi, GuestAddress(at + 8))
+            .expect("IRTE in guest RAM");
+    }
+
+    /// FSTS.
+    pub fn fault_status(&self) -> u32 {
+        self.read32(interrupt::vtd::spec::offset::FSTS)
+    }
+
+    /// Fault recording register `i`, read as two 64-bit halves.
+    pub fn fault_record(&self, i: usize) -> interrupt::vtd::spec::FaultRecord {
+        let at = interrupt::vtd::spec::offset::FRCD + 16 * i as u64;
+        interrupt::vtd::spec::FaultRecord {
+            lo: self.read64(at),
+            hi: self.read64(at + 8),
+        }
+    }
+
+    /// Services fault record `i` and the fault status like Linux's `dmar_fault`: writes 1
+    /// to F (bit 31 of the record's last dword), then clears FSTS.
+    pub fn clear_fault(&self, i: usize) {
+        use interrupt::vtd::spec::{fsts, offset};
+        self.write32(offset::FRCD + 16 * i as u64 + 12, 1 << 31);
+        self.write32(offset::FSTS, fsts::PFO | fsts::PPF | fsts::PRO);
+    }
+}
+
+/// A present, remapped-format IRTE as Linux writes it for a fixed, edge interrupt:
+/// `vector` to physical destination `dest` (x2APIC ID under EIME), source validation
+/// SVT = 01, SQ = 0 against `sid`.
+pub fn irte(vector: u8, dest: u32, sid: interrupt::RequesterId) -> interrupt::vtd::spec::Irte {
+    use interrupt::vtd::spec::Irte;
+    Irte {
+        lo: Irte::P
+            | (u64::from(vector) << Irte::VECTOR_SHIFT)
+            | (u64::from(dest) << Irte::DST_SHIFT),
+        hi: u64::from(sid.0) | (1 << 18),
     }
 }
