@@ -99,6 +99,19 @@ fn parse_result(line: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn irqtest_guest_module_self_test() {
+    self_test(false);
+}
+
+/// The same self-test with VT-d interrupt remapping: the guest must enable remapping in
+/// x2APIC mode, the device's vectors appear as IR-PCI-MSI/MSIX, multi-message MSI is granted
+/// (it needs remapping on x86), and affinity moves (IRTE rewrite + selective invalidation)
+/// lose nothing.
+#[test]
+fn irqtest_guest_module_self_test_with_remapping() {
+    self_test(true);
+}
+
+fn self_test(iommu: bool) {
     let _g = boot_lock();
     let t0 = Instant::now();
     let initramfs = test_initramfs();
@@ -106,6 +119,9 @@ fn irqtest_guest_module_self_test() {
 
     let mut args = standard_guest_args();
     args.extend(["--device".to_string(), "irqtest,vectors=64".to_string()]);
+    if iommu {
+        args.extend(["--iommu".to_string(), "intel".to_string()]);
+    }
     let mut cfg = SessionConfig::from_env(&args);
     cfg.initramfs = initramfs;
     let mut s = GuestSession::start_with(&cfg).unwrap_or_else(|e| panic!("{e}"));
@@ -142,7 +158,7 @@ fn irqtest_guest_module_self_test() {
     let log = run(
         &mut s,
         "dmesg | grep -e 'irqtest[_]guest' -e 'No irq[ ]handler' -e 'Call[ ]Trace' \
-         -e 'nobody[ ]cared' -e 'BUG[:]'",
+         -e 'nobody[ ]cared' -e 'BUG[:]' -e 'DMAR[-]IR' -e 'INTR[-]REMAP'",
         "@@dmesg-done",
         ct,
     );
@@ -197,6 +213,33 @@ fn irqtest_guest_module_self_test() {
         interrupts.iter().any(|l| l.contains("irqtest-msi0")),
         "kept MSI vector missing from /proc/interrupts: {interrupts:#?}"
     );
+    if iommu {
+        assert!(
+            log.iter()
+                .any(|l| l.contains("DMAR-IR: Enabled IRQ remapping in x2apic mode")),
+            "interrupt remapping not enabled in x2APIC mode:\n{}",
+            log.join("\n")
+        );
+        assert!(
+            interrupts.iter().any(|l| l.contains("IR-PCI-MSI")),
+            "irqtest vectors are not remapped: {interrupts:#?}"
+        );
+        assert!(
+            !log.iter().any(|l| l.contains("INTR-REMAP")),
+            "the guest logged remapping faults:\n{}",
+            log.join("\n")
+        );
+        let msi: u32 = field("msi_vectors").parse().unwrap_or(0);
+        assert!(
+            msi > 1,
+            "multi-message MSI needs remapping and was not granted: {result}"
+        );
+        assert_eq!(
+            field("migrate_ok"),
+            "1",
+            "affinity moves under remapping: {result}"
+        );
+    }
     assert!(
         rmmod.iter().any(|l| l.trim() == "rmmod-rc=0"),
         "rmmod failed: {rmmod:?}"
