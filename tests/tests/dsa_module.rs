@@ -1,0 +1,292 @@
+//! In-guest DSA self-test without idxd: boots the demo guest plus `dsa_guest.ko`
+//! (resources/dsa-module, packed by resources/dsa-module/initramfs.sh) with `--device dsa`,
+//! without and with `--iommu intel`, loads the module and checks its `DSA-RESULT` line.
+//!
+//! The module binds its own pci_driver to the DSA (8086:0b25), configures group 0 / WQ 0
+//! through GRPCFG and WQCFG, programs IMS entries with the messages of MSI-X vectors it
+//! allocated after enable (remappable-format messages under `--iommu intel`), submits
+//! descriptors as eight 8-byte stores through the MSI-X and IMS portals, and checks moved
+//! data, completion records and exact per-vector interrupt counts, IMS entry masking
+//! (nothing while masked, exactly one on unmask) and the status codes of hostile descriptors.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tests::{boot_lock, boot_timeout, resources_dir, secs_between, standard_guest_args};
+use tests::{GuestSession, Mode, SessionConfig};
+
+const READY: &str = "Guest ready:";
+const PROMPT: &str = "guest# ";
+const RESULT: &str = "DSA-RESULT ";
+const MODULE: &str = "/lib/modules-extra/dsa_guest.ko";
+/// Kernel messages that mean an interrupt went astray or the module crashed.
+const BAD_KERNEL_MESSAGES: [&str; 5] = [
+    "No irq handler for vector",
+    "Call Trace",
+    "nobody cared",
+    "BUG: ",
+    "INTR-REMAP",
+];
+
+fn cmd_timeout(s: &GuestSession) -> Duration {
+    match s.mode() {
+        Mode::Nested => Duration::from_secs(60),
+        Mode::Direct => Duration::from_secs(20),
+    }
+}
+
+/// The self-test runs inside insmod; allow for a few of its 5 s timeouts.
+fn module_timeout(s: &GuestSession) -> Duration {
+    match s.mode() {
+        Mode::Nested => Duration::from_secs(300),
+        Mode::Direct => Duration::from_secs(120),
+    }
+}
+
+/// Builds (or reuses) the cached initramfs with the module; returns its path.
+fn module_initramfs() -> PathBuf {
+    let script = resources_dir().join("dsa-module/initramfs.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}); run resources/setup.sh first if the guest assets are missing",
+        script.display(),
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(
+        path.is_file(),
+        "{} printed {stdout:?}, not an initramfs path",
+        script.display()
+    );
+    path
+}
+
+/// Types `cmd; echo <marker>` and returns the output lines between the echoed command and
+/// the marker (split with quotes in the command, so the echoed command line cannot match).
+fn run(s: &mut GuestSession, cmd: &str, marker: &str, timeout: Duration) -> Vec<String> {
+    let (a, b) = marker.split_at(marker.len() / 2);
+    let echo_tag = format!("\"{a}\"\"{b}\"");
+    s.send_line(&format!("{cmd}; echo {echo_tag}"));
+    s.wait_for(marker, timeout)
+        .unwrap_or_else(|e| panic!("`{cmd}`: {e}"));
+    let lines: Vec<String> = s.lines().into_iter().map(|l| l.text).collect();
+    let end = lines
+        .iter()
+        .rposition(|l| l.contains(marker) && !l.contains(&echo_tag))
+        .expect("marker line seen");
+    let start = lines[..end]
+        .iter()
+        .rposition(|l| l.contains(&echo_tag))
+        .map_or(0, |i| i + 1);
+    lines[start..end].to_vec()
+}
+
+/// `key=value` fields after `DSA-RESULT`.
+fn parse_result(line: &str) -> BTreeMap<String, String> {
+    let (_, rest) = line.split_once(RESULT).expect("result line");
+    rest.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn dsa_module_self_test() {
+    self_test(false);
+}
+
+/// The same with VT-d interrupt remapping: the module's vectors are IR-PCI-MSIX, the
+/// messages it copies into IMS entries are remappable-format, and the device's IMS
+/// messages go through the same remapping (with its requester ID) as its MSI-X messages.
+#[test]
+fn dsa_module_self_test_with_remapping() {
+    self_test(true);
+}
+
+/// Boots a guest with `--device dsa` (and `--iommu intel`) and a shell ready for long lines;
+/// returns the session and the seconds from spawn to `Guest ready`.
+fn boot(iommu: bool) -> (GuestSession, f64) {
+    let mut args = standard_guest_args();
+    args.extend(["--device".to_string(), "dsa".to_string()]);
+    if iommu {
+        args.extend(["--iommu".to_string(), "intel".to_string()]);
+    }
+    let mut cfg = SessionConfig::from_env(&args);
+    cfg.initramfs = module_initramfs();
+    let mut s = GuestSession::start_with(&cfg).unwrap_or_else(|e| panic!("{e}"));
+
+    let ready = s
+        .wait_for_line(READY, boot_timeout(s.mode()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let booted = secs_between(s.spawn_instant(), ready.at);
+    if let Some(start) = s.vmm_start_instant() {
+        eprintln!(
+            "L2 time to init: {:.2} s ({})",
+            secs_between(start, ready.at),
+            ready.text.trim()
+        );
+    }
+    s.wait_for_prompt(PROMPT, cmd_timeout(&s))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ct = cmd_timeout(&s);
+    // busybox's line editor wraps typed lines at the tty width (80 on a bare serial line)
+    run(&mut s, "stty cols 1024", "@@stty-done", ct);
+    (s, booted)
+}
+
+/// Checks the checker: the module's `inject` parameter breaks one check on purpose, and
+/// the result line must say so. Ignored by default (one more guest boot).
+#[test]
+#[ignore]
+fn dsa_module_detects_injected_faults() {
+    let _g = boot_lock();
+    let (mut s, _) = boot(false);
+    let ct = cmd_timeout(&s);
+    let mt = module_timeout(&s);
+    for inject in [1, 2] {
+        let out = run(
+            &mut s,
+            &format!("insmod {MODULE} inject={inject}; echo insmod-rc=$?; rmmod dsa_guest"),
+            "@@insmod-done",
+            mt,
+        );
+        assert!(
+            out.iter().any(|l| l.trim() == "insmod-rc=0"),
+            "insmod failed: {out:?}"
+        );
+    }
+    let log = run(&mut s, "dmesg | grep 'DSA[-]RESULT'", "@@dmesg-done", ct);
+    s.send_line("poweroff -f");
+    let code = s.wait_exit(ct).unwrap_or_else(|e| panic!("{e}"));
+    println!("results:\n    {}", log.join("\n    "));
+    assert_eq!(log.len(), 2, "expected two DSA-RESULT lines: {log:#?}");
+    let r1 = parse_result(&log[0]);
+    let r2 = parse_result(&log[1]);
+    let get = |r: &BTreeMap<String, String>, k: &str| r.get(k).cloned().unwrap_or_default();
+    assert_eq!(get(&r1, "status"), "fail", "inject=1: {}", log[0]);
+    assert_eq!(get(&r1, "ims_mask_ok"), "0", "inject=1: {}", log[0]);
+    assert_eq!(get(&r1, "data_ok"), "1", "inject=1: {}", log[0]);
+    assert!(
+        get(&r1, "reason").contains("interrupt_arrived_through_a_masked_IMS_entry"),
+        "inject=1: {}",
+        log[0]
+    );
+    assert_eq!(get(&r2, "status"), "fail", "inject=2: {}", log[1]);
+    assert_eq!(get(&r2, "counts_ok"), "0", "inject=2: {}", log[1]);
+    assert!(
+        get(&r2, "reason").contains("dsa_guest-msix1_expected"),
+        "inject=2: {}",
+        log[1]
+    );
+    assert_eq!(get(&r2, "ims_mask_ok"), "1", "inject=2: {}", log[1]);
+    assert_eq!(code, 0, "vmm exit status after poweroff:\n{}", s.tail());
+}
+
+fn self_test(iommu: bool) {
+    let _g = boot_lock();
+    let t0 = Instant::now();
+    let (mut s, booted) = boot(iommu);
+    let ct = cmd_timeout(&s);
+    let mt = module_timeout(&s);
+
+    let t_ins = Instant::now();
+    let out = run(
+        &mut s,
+        &format!("insmod {MODULE}; echo insmod-rc=$?"),
+        "@@insmod-done",
+        mt,
+    );
+    let self_test = t_ins.elapsed();
+    let insmod_ok = out.iter().any(|l| l.trim() == "insmod-rc=0");
+
+    // bracketed patterns: the echoed command line must not match them itself
+    let log = run(
+        &mut s,
+        "dmesg | grep -e 'dsa[_]guest' -e 'No irq[ ]handler' -e 'Call[ ]Trace' \
+         -e 'nobody[ ]cared' -e 'BUG[:]' -e 'DMAR[-]IR' -e 'INTR[-]REMAP'",
+        "@@dmesg-done",
+        ct,
+    );
+    let interrupts = run(
+        &mut s,
+        "grep -e 'dsa_guest' /proc/interrupts; grep -E '^ *(ERR|MIS|SPU):' /proc/interrupts",
+        "@@interrupts-done",
+        ct,
+    );
+    let rmmod = run(
+        &mut s,
+        "rmmod dsa_guest; echo rmmod-rc=$?",
+        "@@rmmod-done",
+        ct,
+    );
+    s.send_line("poweroff -f");
+    let code = s.wait_exit(ct).unwrap_or_else(|e| panic!("{e}"));
+
+    println!("module log:\n    {}", log.join("\n    "));
+    println!("/proc/interrupts:\n    {}", interrupts.join("\n    "));
+    let result = log.iter().find(|l| l.contains(RESULT)).cloned();
+    println!(
+        "result (iommu {}): {}",
+        if iommu { "intel" } else { "none" },
+        result.as_deref().unwrap_or("(no DSA-RESULT line)")
+    );
+    println!(
+        "timing: spawn to `{READY}` {booted:.1} s, insmod self-test {:.1} s, total {:.1} s",
+        self_test.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    assert!(insmod_ok, "insmod failed: {out:?}\n{}", s.tail());
+    let result = result.unwrap_or_else(|| panic!("no {RESULT}line in dmesg:\n{}", s.tail()));
+    let f = parse_result(&result);
+    let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("<missing>");
+    assert_eq!(field("status"), "pass", "{result}\n{}", log.join("\n"));
+    for k in ["data_ok", "ims_mask_ok", "hostile_ok", "counts_ok"] {
+        assert_eq!(field(k), "1", "{k}: {result}");
+    }
+    let all = s.lines();
+    for bad in BAD_KERNEL_MESSAGES {
+        let hits: Vec<&str> = all
+            .iter()
+            .map(|l| l.text.as_str())
+            .filter(|t| t.contains(bad))
+            .collect();
+        assert!(hits.is_empty(), "kernel reported {bad:?}: {hits:#?}");
+    }
+    assert!(
+        interrupts.iter().any(|l| l.contains("dsa_guest-ims0")),
+        "donor vectors missing from /proc/interrupts: {interrupts:#?}"
+    );
+    if iommu {
+        assert!(
+            log.iter()
+                .any(|l| l.contains("DMAR-IR: Enabled IRQ remapping in x2apic mode")),
+            "interrupt remapping not enabled in x2APIC mode:\n{}",
+            log.join("\n")
+        );
+        assert!(
+            interrupts.iter().any(|l| l.contains("IR-PCI-MSIX")),
+            "DSA vectors are not remapped: {interrupts:#?}"
+        );
+        assert_eq!(
+            field("remappable"),
+            "1",
+            "IMS entries should carry remappable messages: {result}"
+        );
+    } else {
+        assert_eq!(field("remappable"), "0", "{result}");
+    }
+    assert!(
+        rmmod.iter().any(|l| l.trim() == "rmmod-rc=0"),
+        "rmmod failed: {rmmod:?}"
+    );
+    assert_eq!(code, 0, "vmm exit status after poweroff:\n{}", s.tail());
+}
