@@ -687,7 +687,10 @@ fn run_vcpu(
             }
             Ok(VcpuExit::IoapicEoi(vector)) => ioapic.end_of_interrupt(vector),
             Ok(VcpuExit::Shutdown) => {
-                info!("vcpu{id}: shutdown (triple fault): treating as reboot");
+                // Linux's last-resort reboot path, but also what a crashing guest looks like:
+                // say where it happened.
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                warn!("vcpu{id}: triple fault (rip {rip:#x}): treating as a guest reset");
                 exit.raise(ExitReason::Reboot);
                 return;
             }
