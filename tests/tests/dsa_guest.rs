@@ -2,12 +2,12 @@
 //! `accel-config` (resources/dsa-initramfs.sh) with `--device dsa`, without and with
 //! `--iommu intel`, and drives the real Linux 6.12 idxd driver through probe, the
 //! minimal configuration of one dedicated kernel WQ (docs: dsa-idxd.md sections 4-5),
-//! a WQ disable / re-enable cycle and poweroff.
+//! a WQ disable / re-enable cycle, a device disable / re-enable cycle and poweroff.
 //!
-//! The device-level cycle (`accel-config disable-device`) is in ignored tests: the Debian
-//! 6.12.95 guest kernel oopses in `idxd_device_evl_free` when it unbinds any DSA without an
-//! event log (its backport of upstream's "do not check evl_en before freeing" lacks the
-//! companion `if (!evl) return;`), so it cannot pass against a DSA 1.0 without EVL.
+//! The device-level cycle (`accel-config disable-device`) relies on the model advertising an
+//! event log (GENCAP.evl_support): the Debian 6.12.95 guest kernel oopses in
+//! `idxd_device_evl_free` when it unbinds any DSA without one (its backport of upstream's
+//! "do not check evl_en before freeing" lacks the companion `if (!evl) return;`).
 //!
 //! Nothing here submits descriptors: the guest CPU cannot execute MOVDIR64B (the vmm only
 //! advertises it in CPUID so that idxd.ko loads), so no dmaengine client may run.
@@ -487,19 +487,17 @@ fn dsa_idxd_accel_config_intel_iommu() {
     wq_scenario(true);
 }
 
-/// Ignored: the Debian 6.12.95 guest kernel's idxd oopses on every unbind of a DSA without
-/// an event log (idxd_device_drv_remove -> idxd_device_evl_free -> mutex_lock(&NULL->lock)),
-/// which `accel-config disable-device` does. Run with `--ignored` once the guest kernel or
-/// the DSA model (GENCAP.evl_support + EVLCFG) changes.
+/// The device-level cycle without an IOMMU. It passes only because the DSA model advertises
+/// an event log: the Debian 6.12.95 guest kernel's idxd oopses on every unbind of a DSA
+/// without one (idxd_device_drv_remove -> idxd_device_evl_free -> mutex_lock(&NULL->lock)),
+/// which `accel-config disable-device` does.
 #[test]
-#[ignore = "guest kernel 6.12.95 idxd oopses in idxd_device_evl_free on unbind of a DSA without event log"]
 fn dsa_device_disable_reenable_msix() {
     device_cycle_scenario(false);
 }
 
-/// See `dsa_device_disable_reenable_msix`.
+/// The device-level cycle with `--iommu intel`; see `dsa_device_disable_reenable_msix`.
 #[test]
-#[ignore = "guest kernel 6.12.95 idxd oopses in idxd_device_evl_free on unbind of a DSA without event log"]
 fn dsa_device_disable_reenable_intel_iommu() {
     device_cycle_scenario(true);
 }

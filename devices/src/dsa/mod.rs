@@ -8,7 +8,7 @@
 //!
 //! | offset   | content |
 //! |----------|---------|
-//! | `0x0000` | registers: VERSION, GENCAP, WQCAP, GRPCAP, ENGCAP, OPCAP, TABLE_OFFSETS, GENCFG, GENCTRL, GENSTS, INTCAUSE, CMD, CMDSTS, CMDCAP, SWERR |
+//! | `0x0000` | registers: VERSION, GENCAP, WQCAP, GRPCAP, ENGCAP, OPCAP, TABLE_OFFSETS, GENCFG, GENCTRL, GENSTS, INTCAUSE, CMD, CMDSTS, CMDCAP, SWERR, EVLCFG, EVLSTATUS |
 //! | `0x0400` | GRPCFG, 64 bytes per group ([`GRPCFG_OFFSET`]) |
 //! | `0x0800` | WQCFG, 32 bytes per WQ ([`WQCFG_OFFSET`]) |
 //! | `0x1000` | MSIX_PERM, 8 bytes per MSI-X vector ([`MSIX_PERM_OFFSET`]) |
@@ -30,6 +30,14 @@
 //!   device has IMS and so advertises CMDCAP bits 13/14 — an interrupt handle obtained with
 //!   Request Interrupt Handle; on IMS portals it is an IMS index the guest programmed.
 //! - Every DMA address is checked through vm-memory; see the `engine` module.
+//! - Event log: GENCAP.evl_support = 1 (64-byte entries) with EVLCFG (RW while disabled),
+//!   EVLSTATUS (head RW, tail RO, int_pending RW1C), GENCFG.evl_en and GENCTRL.evl_int_en.
+//!   Enable Device with evl_en needs EVLCFG.size >= 64 entries (else 0x11) and no
+//!   EVLCFG.pasid_en (else 0x13), and starts the log empty (head = tail = 0). The device
+//!   never writes an entry (no shared WQs, PASIDs or page requests): errors keep going to
+//!   SWERR, the tail never moves, INTCAUSE bit 5 is never raised. The log exists because
+//!   Linux 6.12.95's idxd frees `idxd->evl` unconditionally when the device is unbound,
+//!   which oopses on a device without one.
 
 mod engine;
 mod ims;
@@ -378,6 +386,7 @@ impl Dsa {
             | gencap::CACHE_CONTROL_MEM
             | gencap::CACHE_CONTROL_CACHE
             | gencap::CMD_CAP
+            | (gencap::EVL_SUPPORT_DSA << gencap::EVL_SUPPORT_SHIFT)
             | (u64::from(MAX_XFER_SHIFT) << gencap::MAX_XFER_SHIFT_SHIFT)
             | (u64::from(MAX_BATCH_SHIFT) << gencap::MAX_BATCH_SHIFT_SHIFT)
             | (u64::from(self.cfg.ims / spec::ims::ENTRIES_PER_MULT) << gencap::MAX_IMS_MULT_SHIFT)
@@ -477,6 +486,8 @@ impl Dsa {
             reg::CMDSTS => self.cmdsts,
             reg::CMDCAP => self.cmdcap(),
             0xc0..=0xdc => q(self.shared.lock_errors().swerr[((off - reg::SWERR) / 8) as usize]),
+            0xe0..=0xec => q(self.regs.evl.cfg[((off - reg::EVLCFG) / 8) as usize]),
+            0xf0 | 0xf4 => q(self.regs.evl.status()),
             _ => 0,
         }
     }
@@ -528,6 +539,14 @@ impl Dsa {
                 let mut e = self.shared.lock_errors();
                 e.swerr[0] &= !u64::from(v & 0x3);
             }
+            0xe0..=0xec if self.state == gensts::DISABLED => self
+                .regs
+                .evl
+                .write_cfg(((off - reg::EVLCFG) / 4) as usize, v),
+            0xf0 | 0xf4 => self
+                .regs
+                .evl
+                .write_status(((off - reg::EVLSTATUS) / 4) as usize, v),
             _ => {}
         }
     }
@@ -568,6 +587,11 @@ impl Dsa {
                 }
                 if let Err(e) = self.regs.check_device_enable() {
                     return (e, 0);
+                }
+                if self.regs.gencfg & gencfg::EVL_EN != 0 {
+                    // The log starts empty.
+                    let evl = &mut self.regs.evl;
+                    (evl.head, evl.tail, evl.int_pending) = (0, 0, false);
                 }
                 self.state = gensts::ENABLED;
                 (cmd_err::SUCCESS, 0)

@@ -1,8 +1,8 @@
-//! The configuration registers (GENCFG, GRPCFG, WQCFG) and the checks Enable Device and
-//! Enable WQ apply to them. Pure state: no interrupts, no guest memory.
+//! The configuration registers (GENCFG, EVLCFG/EVLSTATUS, GRPCFG, WQCFG) and the checks
+//! Enable Device and Enable WQ apply to them. Pure state: no interrupts, no guest memory.
 
 use super::shared::WqLimits;
-use super::spec::{cmd_err, gencfg, grpcfg, wqcfg};
+use super::spec::{cmd_err, evlcfg, evlstatus, gencfg, grpcfg, wqcfg};
 
 /// Device geometry advertised in the capability registers.
 #[derive(Clone, Copy, Debug)]
@@ -16,10 +16,66 @@ pub(crate) struct Geometry {
     pub max_batch_shift: u32,
 }
 
+/// The event log registers.
+///
+/// The device advertises an event log (GENCAP.evl_support) and accepts its configuration,
+/// but never writes an entry: it has no shared WQs, no PASIDs and no page-request support,
+/// so nothing needs the log, and every error it reports goes to SWERR (and completion
+/// records) as before. The tail therefore stays where Enable Device put it (0), the log
+/// stays empty and EVLSTATUS.int_pending / INTCAUSE.evl are never raised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EventLog {
+    /// EVLCFG qwords (defined bits only).
+    pub cfg: [u64; 2],
+    /// EVLSTATUS.head (software-written).
+    pub head: u16,
+    /// EVLSTATUS.tail (device-written; always 0 here).
+    pub tail: u16,
+    /// EVLSTATUS.int_pending.
+    pub int_pending: bool,
+}
+
+impl EventLog {
+    /// Configured size in entries.
+    pub(crate) fn size(&self) -> u16 {
+        (self.cfg[1] & evlcfg::SIZE_MASK) as u16
+    }
+
+    /// EVLSTATUS as the guest reads it.
+    pub(crate) fn status(&self) -> u64 {
+        u64::from(self.head)
+            | (u64::from(self.tail) << evlstatus::TAIL_SHIFT)
+            | if self.int_pending {
+                evlstatus::INT_PENDING
+            } else {
+                0
+            }
+    }
+
+    /// Writes dword `dw` (0: low, 1: high) of EVLSTATUS: the head is read-write, the
+    /// tail read-only, int_pending write-one-to-clear.
+    pub(crate) fn write_status(&mut self, dw: usize, v: u32) {
+        if dw == 0 {
+            self.head = (u64::from(v) & evlstatus::HEAD_MASK) as u16;
+        } else if (u64::from(v) << 32) & evlstatus::INT_PENDING != 0 {
+            self.int_pending = false;
+        }
+    }
+
+    /// Writes dword `dw` (0..4) of EVLCFG, keeping only defined bits.
+    pub(crate) fn write_cfg(&mut self, dw: usize, v: u32) {
+        let (q, shift) = (dw / 2, 32 * (dw % 2) as u32);
+        let mask = [evlcfg::QW0_MASK, evlcfg::QW1_MASK][q];
+        let half = 0xffff_ffffu64 << shift;
+        self.cfg[q] = (self.cfg[q] & !half) | ((u64::from(v) << shift) & half & mask);
+    }
+}
+
 /// The software-written configuration.
 pub(crate) struct ConfigRegs {
     pub geo: Geometry,
     pub gencfg: u32,
+    pub evl: EventLog,
     /// Per WQ, 8 dwords.
     pub wqcfg: Vec<[u32; wqcfg::DWORDS]>,
     /// Per group, 8 qwords: 0..4 WQ bitmap, 4 engines, 5 flags, 6..8 reserved.
@@ -31,6 +87,7 @@ impl ConfigRegs {
         Self {
             geo,
             gencfg: 0,
+            evl: EventLog::default(),
             wqcfg: vec![[0; wqcfg::DWORDS]; geo.wqs],
             grpcfg: vec![[0; 8]; geo.groups],
         }
@@ -39,6 +96,7 @@ impl ConfigRegs {
     /// Device reset: everything back to zero.
     pub(crate) fn reset(&mut self) {
         self.gencfg = 0;
+        self.evl = EventLog::default();
         self.wqcfg.iter_mut().for_each(|w| *w = [0; wqcfg::DWORDS]);
         self.grpcfg.iter_mut().for_each(|g| *g = [0; 8]);
     }
@@ -55,10 +113,15 @@ impl ConfigRegs {
     /// Checks made by Enable Device (in the order of their codes).
     pub(crate) fn check_device_enable(&self) -> Result<(), u8> {
         let geo = &self.geo;
-        if self.gencfg & gencfg::EVL_EN != 0
-            || self.gencfg & gencfg::RDBUF_LIMIT_MASK > geo.total_rdbufs
+        let evl_en = self.gencfg & gencfg::EVL_EN != 0;
+        if self.gencfg & gencfg::RDBUF_LIMIT_MASK > geo.total_rdbufs
+            || (evl_en && self.evl.size() < evlcfg::SIZE_MIN)
         {
             return Err(cmd_err::CONFIG);
+        }
+        // The device has no PASID capability: the event log cannot be tagged with one.
+        if evl_en && self.evl.cfg[0] & evlcfg::PASID_EN != 0 {
+            return Err(cmd_err::PASID_INVAL);
         }
         let total: u32 = (0..geo.wqs).map(|w| self.wq_size(w)).sum();
         if total > geo.total_wq_size {

@@ -55,9 +55,9 @@ pub mod reg {
     pub const CMDCAP: u64 = 0xb0;
     /// SWERR (4 × 64; QW0 bits 1:0 RW1C).
     pub const SWERR: u64 = 0xc0;
-    /// EVLCFG (unsupported, reads 0).
+    /// EVLCFG (128, RW while the device is disabled).
     pub const EVLCFG: u64 = 0xe0;
-    /// EVLSTATUS (unsupported, reads 0).
+    /// EVLSTATUS (64: head RW, tail RO, int_pending RW1C).
     pub const EVLSTATUS: u64 = 0xf0;
 }
 
@@ -76,6 +76,11 @@ pub mod gencap {
     pub const CACHE_CONTROL_CACHE: u64 = 1 << 3;
     /// CMDCAP register present.
     pub const CMD_CAP: u64 = 1 << 4;
+    /// Shift of evl_support (2 bits): 0 no event log, else entries of `32 << v` bytes.
+    pub const EVL_SUPPORT_SHIFT: u32 = 13;
+    /// evl_support value of DSA: 64-byte entries (`struct dsa_evl_entry`: a 32-byte
+    /// `__evl_entry` followed by a 32-byte completion record; idxd's `evl_ent_size()`).
+    pub const EVL_SUPPORT_DSA: u64 = 1;
     /// Shift of max_xfer_shift (5 bits).
     pub const MAX_XFER_SHIFT_SHIFT: u32 = 16;
     /// Shift of max_batch_shift (4 bits).
@@ -118,7 +123,7 @@ pub mod gencfg {
     pub const RDBUF_LIMIT_MASK: u32 = 0xff;
     /// User interrupts enable.
     pub const USER_INT_EN: u32 = 1 << 12;
-    /// Event log enable (unsupported here: enabling the device with it set fails).
+    /// Event log enable (Enable Device then checks EVLCFG).
     pub const EVL_EN: u32 = 1 << 13;
     /// Defined bits.
     pub const MASK: u32 = RDBUF_LIMIT_MASK | USER_INT_EN | EVL_EN;
@@ -130,8 +135,10 @@ pub mod genctrl {
     pub const SOFTERR_INT_EN: u32 = 1 << 0;
     /// Halt interrupt enable.
     pub const HALT_INT_EN: u32 = 1 << 1;
-    /// Defined bits (event log interrupts are not supported).
-    pub const MASK: u32 = SOFTERR_INT_EN | HALT_INT_EN;
+    /// Event log interrupt enable.
+    pub const EVL_INT_EN: u32 = 1 << 2;
+    /// Defined bits.
+    pub const MASK: u32 = SOFTERR_INT_EN | HALT_INT_EN | EVL_INT_EN;
 }
 
 /// GENSTS device states (bits 1:0).
@@ -152,6 +159,8 @@ pub mod intcause {
     pub const CMD: u32 = 1 << 1;
     /// Halt state entered.
     pub const HALT: u32 = 1 << 4;
+    /// Event log entries written (never raised by this model, which writes none).
+    pub const EVL: u32 = 1 << 5;
     /// Defined bits the guest can clear.
     pub const MASK: u32 = 0x8000_003f;
 }
@@ -365,6 +374,37 @@ pub mod ims {
     pub const CTRL_PASID_EN: u32 = 1 << 3;
     /// ctrl: guest-writable bits (mask, PASID enable, PASID 31:12).
     pub const CTRL_WMASK: u32 = 0xffff_f009;
+}
+
+/// EVLCFG (128 bits, two qwords) fields, as `union evlcfg_reg`.
+pub mod evlcfg {
+    /// QW0: PASID enable.
+    pub const PASID_EN: u64 = 1 << 0;
+    /// QW0: privileged (with PASID).
+    pub const PRIV: u64 = 1 << 1;
+    /// QW0: base address (63:12, 4 KiB aligned).
+    pub const BASE_MASK: u64 = !0xfff;
+    /// QW0: defined bits.
+    pub const QW0_MASK: u64 = BASE_MASK | PRIV | PASID_EN;
+    /// QW1: size in entries (15:0).
+    pub const SIZE_MASK: u64 = 0xffff;
+    /// QW1: PASID shift (35:16).
+    pub const PASID_SHIFT: u32 = 16;
+    /// QW1: defined bits (size, PASID).
+    pub const QW1_MASK: u64 = SIZE_MASK | (0xf_ffff << PASID_SHIFT);
+    /// Smallest event log in entries (idxd's `IDXD_EVL_SIZE_MIN`; the driver never
+    /// configures less, the device rejects less at Enable Device).
+    pub const SIZE_MIN: u16 = 0x40;
+}
+
+/// EVLSTATUS (64 bits) fields, as `union evl_status_reg`.
+pub mod evlstatus {
+    /// Head (15:0): index of the next entry software reads; software-written.
+    pub const HEAD_MASK: u64 = 0xffff;
+    /// Tail shift (47:32): index of the next entry the device writes; read-only.
+    pub const TAIL_SHIFT: u32 = 32;
+    /// Interrupt pending (bit 62), write one to clear.
+    pub const INT_PENDING: u64 = 1 << 62;
 }
 
 /// SWERR QW0 fields.

@@ -230,7 +230,7 @@ mod registers {
         assert_ne!(g & gencap::CMD_CAP, 0);
         assert_ne!(g & gencap::CONFIG_EN, 0);
         assert_eq!(g & gencap::BLOCK_ON_FAULT, 0);
-        assert_eq!((g >> 13) & 3, 0, "no event log");
+        assert_eq!((g >> 13) & 3, 1, "event log with 64-byte entries");
         let xfer = (g >> 16) & 0x1f;
         let batch = (g >> 21) & 0xf;
         assert!((21..=31).contains(&xfer) && (5..=10).contains(&batch));
@@ -322,9 +322,12 @@ mod registers {
         let mut f = fx();
         f.w32(WQCFG_OFFSET + 8, 0x21);
         f.w64(GRPCFG_OFFSET, 1);
-        f.w32(reg::GENCFG, 3);
-        f.w32(reg::GENCTRL, 3);
+        f.w32(reg::GENCFG, 3 | gencfg::EVL_EN);
+        f.w32(reg::GENCTRL, 7);
         f.w32(MSIX_PERM_OFFSET + 8, 4);
+        f.w64(reg::EVLCFG, 0x1000);
+        f.w64(reg::EVLCFG + 8, 64);
+        f.w32(reg::EVLSTATUS, 5);
         f.w32(reg::CMD, cmd_word(Command::ResetDevice, 0, false));
         assert_eq!(f.r32(reg::CMDSTS), 0);
         for off in [
@@ -333,6 +336,9 @@ mod registers {
             reg::GENCFG,
             reg::GENCTRL,
             MSIX_PERM_OFFSET + 8,
+            reg::EVLCFG,
+            reg::EVLCFG + 8,
+            reg::EVLSTATUS,
         ] {
             assert_eq!(f.r32(off), 0, "{off:#x}");
         }
@@ -431,7 +437,13 @@ mod commands {
         assert_eq!(f.cmd(Command::EnableDevice, 0), 0x12, "bus master off");
         f.pci_up();
         f.w32(reg::GENCFG, gencfg::EVL_EN);
-        assert_eq!(f.cmd(Command::EnableDevice, 0), 0x11);
+        assert_eq!(
+            f.cmd(Command::EnableDevice, 0),
+            0x11,
+            "event log of 0 entries"
+        );
+        f.w32(reg::GENCFG, 65);
+        assert_eq!(f.cmd(Command::EnableDevice, 0), 0x11, "rdbuf_limit over 64");
         f.w32(reg::GENCFG, 0);
         f.wqcfg(1, 0, 200);
         assert_eq!(f.cmd(Command::EnableDevice, 0), 0x14);
@@ -571,6 +583,179 @@ mod commands {
         f.bus_master(true);
         f.w32(reg::CMD, cmd_word(Command::ResetDevice, 0, false));
         assert_eq!(f.r32(reg::GENSTS), 0);
+    }
+}
+
+/// The event log: advertised and configurable, never written (see `regs::EventLog`).
+mod event_log {
+    use super::*;
+
+    const LOG: u64 = 0x30_0000;
+
+    /// What idxd 6.12's `idxd_device_evl_setup` does before Enable Device: EVLCFG as two
+    /// `iowrite64_lo_hi` (four dword writes), GENCTRL |= evl_int_en, GENCFG |= evl_en.
+    fn linux_evl_setup(f: &mut Fx, size: u16) {
+        let cfg = [LOG, u64::from(size)];
+        for (i, q) in cfg.iter().enumerate() {
+            let off = reg::EVLCFG + 8 * i as u64;
+            f.w32(off, *q as u32);
+            f.w32(off + 4, (*q >> 32) as u32);
+        }
+        let ctrl = f.r32(reg::GENCTRL);
+        f.w32(reg::GENCTRL, ctrl | genctrl::EVL_INT_EN);
+        let cfg = f.r32(reg::GENCFG);
+        f.w32(reg::GENCFG, cfg | gencfg::EVL_EN);
+    }
+
+    /// What Debian 6.12.95's `idxd_device_evl_free` does after Disable Device and Reset
+    /// Device: GENCFG = 0, GENCTRL &= !evl_int_en, EVLCFG = 0.
+    fn linux_evl_free(f: &mut Fx) {
+        f.w32(reg::GENCFG, 0);
+        let ctrl = f.r32(reg::GENCTRL);
+        f.w32(reg::GENCTRL, ctrl & !genctrl::EVL_INT_EN);
+        for off in [0, 4, 8, 12] {
+            f.w32(reg::EVLCFG + off, 0);
+        }
+    }
+
+    #[test]
+    fn evlcfg_reads_back_defined_bits_with_32_and_64_bit_accesses() {
+        let mut f = fx();
+        f.w64(reg::EVLCFG, u64::MAX);
+        assert_eq!(f.r64(reg::EVLCFG), evlcfg::QW0_MASK);
+        assert_eq!(f.r64(reg::EVLCFG), 0xffff_ffff_ffff_f003);
+        f.w64(reg::EVLCFG + 8, u64::MAX);
+        assert_eq!(f.r64(reg::EVLCFG + 8), 0xf_ffff_ffff, "size and PASID only");
+        f.w32(reg::EVLCFG + 4, 0x12);
+        assert_eq!(f.r32(reg::EVLCFG), 0xffff_f003, "low half untouched");
+        assert_eq!(f.r32(reg::EVLCFG + 4), 0x12);
+        f.w32(reg::EVLCFG + 8, 0x40);
+        assert_eq!(f.r64(reg::EVLCFG + 8), 0xf_0000_0040);
+    }
+
+    #[test]
+    fn evlstatus_head_is_rw_tail_ro_int_pending_w1c() {
+        let mut f = fx();
+        assert_eq!(f.r64(reg::EVLSTATUS), 0);
+        f.w64(reg::EVLSTATUS, !evlstatus::INT_PENDING);
+        assert_eq!(f.r64(reg::EVLSTATUS), 0xffff, "only the head is writable");
+        f.w32(reg::EVLSTATUS, 0x1_0005);
+        assert_eq!(f.r32(reg::EVLSTATUS), 5);
+        assert_eq!(f.r32(reg::EVLSTATUS + 4), 0, "tail");
+        f.dev.regs.evl.int_pending = true;
+        f.dev.regs.evl.tail = 7;
+        assert_eq!(
+            f.r64(reg::EVLSTATUS),
+            evlstatus::INT_PENDING | (7 << 32) | 5
+        );
+        // idxd's process_evl_entries: clear int_pending through the upper dword first.
+        f.w32(reg::EVLSTATUS + 4, 0);
+        assert!(f.dev.regs.evl.int_pending, "writing 0 keeps it");
+        f.w32(reg::EVLSTATUS + 4, (evlstatus::INT_PENDING >> 32) as u32);
+        assert_eq!(f.r64(reg::EVLSTATUS), (7 << 32) | 5);
+    }
+
+    #[test]
+    fn genctrl_evl_int_en_and_intcause_evl_bit_are_defined() {
+        let mut f = fx();
+        f.w32(reg::GENCTRL, u32::MAX);
+        assert_eq!(f.r32(reg::GENCTRL), 0x7);
+        f.dev.shared.lock_errors().intcause = intcause::EVL | intcause::CMD;
+        f.w32(reg::INTCAUSE, intcause::EVL);
+        assert_eq!(f.r32(reg::INTCAUSE), intcause::CMD);
+        f.w32(reg::GENCFG, u32::MAX);
+        assert_eq!(
+            f.r32(reg::GENCFG),
+            0x30ff,
+            "rdbuf_limit, user_int_en, evl_en"
+        );
+    }
+
+    #[test]
+    fn enable_device_checks_the_event_log_configuration() {
+        let mut f = fx();
+        f.pci_up();
+        f.configure_wq(0, 16);
+        f.w32(reg::GENCFG, gencfg::EVL_EN);
+        assert_eq!(f.cmd(Command::EnableDevice, 0), 0x11, "size 0");
+        linux_evl_setup(&mut f, evlcfg::SIZE_MIN - 1);
+        assert_eq!(f.cmd(Command::EnableDevice, 0), 0x11, "size 63");
+        linux_evl_setup(&mut f, evlcfg::SIZE_MIN);
+        f.w32(reg::EVLCFG, (LOG | evlcfg::PASID_EN) as u32);
+        assert_eq!(
+            f.cmd(Command::EnableDevice, 0),
+            0x13,
+            "PASID without PASID cap"
+        );
+        // evl_en clear: EVLCFG is not looked at.
+        f.w32(reg::GENCFG, 0);
+        assert_eq!(f.cmd(Command::EnableDevice, 0), 0);
+        assert_eq!(f.cmd(Command::DisableDevice, 0), 0);
+        linux_evl_setup(&mut f, 0xffff);
+        f.w32(reg::EVLSTATUS, 9);
+        assert_eq!(f.cmd(Command::EnableDevice, 0), 0);
+        assert_eq!(f.r64(reg::EVLSTATUS), 0, "the log starts empty");
+    }
+
+    #[test]
+    fn linux_bind_unbind_rebind_cycle() {
+        let mut f = fx();
+        f.pci_up();
+        f.w32(reg::CMD, cmd_word(Command::ResetDevice, 0, false));
+        f.w32(reg::GENCTRL, genctrl::SOFTERR_INT_EN | genctrl::HALT_INT_EN);
+        for round in 0..2 {
+            // bind dsa0: configure, evl setup, enable device; bind wq0.0: enable WQ
+            f.configure_wq(0, 16);
+            linux_evl_setup(&mut f, evlcfg::SIZE_MIN);
+            assert_eq!(f.r64(reg::EVLCFG), LOG, "round {round}");
+            assert_eq!(f.r64(reg::EVLCFG + 8), 64);
+            assert_ne!(f.r32(reg::GENCTRL) & genctrl::EVL_INT_EN, 0);
+            assert_eq!(f.r32(reg::GENCFG), gencfg::EVL_EN);
+            assert_eq!(f.cmd(Command::EnableDevice, 0), 0, "round {round}");
+            assert_eq!(f.r32(reg::GENSTS), gensts::ENABLED);
+            assert_eq!(f.cmd(Command::EnableWq, 0), 0);
+            // Frozen while enabled.
+            f.w64(reg::EVLCFG, 0x9000);
+            f.w64(reg::EVLCFG + 8, 0x80);
+            assert_eq!(f.r64(reg::EVLCFG), LOG);
+            assert_eq!(f.r64(reg::EVLCFG + 8), 64);
+            f.w32(reg::GENCFG, 0);
+            assert_eq!(f.r32(reg::GENCFG), gencfg::EVL_EN);
+            // unbind: reset WQ, disable device, reset device, evl free
+            assert_eq!(f.cmd(Command::ResetWq, wq_bit(0)), 0);
+            assert_eq!(f.cmd(Command::DisableDevice, 0), 0);
+            assert_eq!(f.r32(reg::GENSTS), gensts::DISABLED);
+            assert_eq!(f.cmd(Command::ResetDevice, 0), 0);
+            linux_evl_free(&mut f);
+            for off in [reg::GENCFG, reg::EVLCFG, reg::EVLCFG + 8, reg::EVLSTATUS] {
+                assert_eq!(f.r64(off), 0, "{off:#x} after unbind");
+            }
+            assert_eq!(f.r32(reg::GENCTRL), 0);
+        }
+    }
+
+    #[test]
+    fn errors_still_go_to_swerr_with_the_event_log_enabled() {
+        let mut f = fx_msix_only();
+        f.pci_up();
+        f.configure_wq(0, 16);
+        linux_evl_setup(&mut f, evlcfg::SIZE_MIN);
+        f.w32(reg::GENCTRL, genctrl::SOFTERR_INT_EN | genctrl::EVL_INT_EN);
+        assert_eq!(f.cmd(Command::EnableDevice, 0), 0);
+        assert_eq!(f.cmd(Command::EnableWq, 0), 0);
+        f.w32(reg::INTCAUSE, u32::MAX);
+        f.fill(LOG, &[0xa5; 64 * 64]);
+        f.run(
+            &D::new(opcode::NOOP, STD)
+                .u64(desc::COMPLETION_ADDR, REC + 8)
+                .0,
+        );
+        let e = f.swerr();
+        assert_eq!(e[0] & 1, 1);
+        assert_eq!((e[0] >> 8) & 0xff, u64::from(status::CRA_ALIGN));
+        assert_eq!(f.r32(reg::INTCAUSE), intcause::ERR, "no EVL cause");
+        assert_eq!(f.r64(reg::EVLSTATUS), 0, "no entry written");
+        assert_eq!(f.bytes(LOG, 64 * 64), vec![0xa5; 64 * 64], "log untouched");
     }
 }
 
