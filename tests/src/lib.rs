@@ -5,6 +5,7 @@
 //! The mode comes from `resources/lib/probe.sh` (`VMM_TEST_MODE=direct|nested` overrides).
 //! Assets (guest kernel, demo initramfs) come from `resources/setup.sh`'s cache.
 
+use std::collections::BTreeMap;
 use std::env;
 use std::fmt;
 use std::io::{Read, Write};
@@ -600,5 +601,83 @@ pub fn secs_between(a: Instant, b: Instant) -> f64 {
         (b - a).as_secs_f64()
     } else {
         -((a - b).as_secs_f64())
+    }
+}
+
+/// Readiness line the demo and test initramfs images print from /init.
+pub const READY: &str = "Guest ready:";
+/// Shell prompt of the guest images.
+pub const PROMPT: &str = "guest# ";
+
+/// Timeout for one typed shell command.
+pub fn cmd_timeout(mode: Mode) -> Duration {
+    match mode {
+        Mode::Nested => Duration::from_secs(60),
+        Mode::Direct => Duration::from_secs(20),
+    }
+}
+
+/// Timeout for a guest module whose self-test runs inside `insmod`.
+pub fn module_timeout(mode: Mode) -> Duration {
+    match mode {
+        Mode::Nested => Duration::from_secs(300),
+        Mode::Direct => Duration::from_secs(120),
+    }
+}
+
+/// Runs `resources/<script>`, which builds (or reuses) a cached initramfs and prints its
+/// path on the last line of stdout; returns that path.
+pub fn build_initramfs(script: &str) -> PathBuf {
+    let script = resources_dir().join(script);
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}); run resources/setup.sh first if the guest assets are missing",
+        script.display(),
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(
+        path.is_file(),
+        "{} printed {stdout:?}, not an initramfs path",
+        script.display()
+    );
+    path
+}
+
+/// The `key=value` fields that follow `prefix` in `line` (a module's result line).
+pub fn parse_fields(line: &str, prefix: &str) -> BTreeMap<String, String> {
+    let rest = line.split_once(prefix).map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl GuestSession {
+    /// Types `cmd; echo <marker>` and returns the output lines between the echoed command
+    /// and the marker. The marker is split with quotes in the typed command, so the echoed
+    /// command line itself cannot match it. Panics with the session tail on timeout.
+    pub fn run_marked(&mut self, cmd: &str, marker: &str, timeout: Duration) -> Vec<String> {
+        let (a, b) = marker.split_at(marker.len() / 2);
+        let echo_tag = format!("\"{a}\"\"{b}\"");
+        self.send_line(&format!("{cmd}; echo {echo_tag}"));
+        self.wait_for(marker, timeout)
+            .unwrap_or_else(|e| panic!("`{cmd}`: {e}"));
+        let lines: Vec<String> = self.lines().into_iter().map(|l| l.text).collect();
+        let end = lines
+            .iter()
+            .rposition(|l| l.contains(marker) && !l.contains(&echo_tag))
+            .expect("marker line seen");
+        let start = lines[..end]
+            .iter()
+            .rposition(|l| l.contains(&echo_tag))
+            .map_or(0, |i| i + 1);
+        lines[start..end].to_vec()
     }
 }

@@ -14,15 +14,13 @@
 //! Every guest command's output and exit status is printed; a non-zero status fails the
 //! test after dumping the tail of dmesg.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{boot_lock, boot_timeout, resources_dir, secs_between, standard_guest_args};
-use tests::{GuestSession, Mode, SessionConfig};
+use tests::{
+    boot_lock, boot_timeout, build_initramfs, secs_between, standard_guest_args, GuestSession,
+    Mode, SessionConfig, PROMPT, READY,
+};
 
-const READY: &str = "Guest ready:";
-const PROMPT: &str = "guest# ";
 /// Kernel messages that mean a crash, a warning splat or a stray interrupt.
 const BAD_KERNEL_MESSAGES: [&str; 6] = [
     "Call Trace",
@@ -44,30 +42,6 @@ fn cmd_timeout(s: &GuestSession) -> Duration {
     }
 }
 
-/// Builds (or reuses) the cached DSA initramfs; returns its path.
-fn dsa_initramfs() -> PathBuf {
-    let script = resources_dir().join("dsa-initramfs.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed ({}); run resources/setup.sh first if the guest assets are missing",
-        script.display(),
-        out.status
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    assert!(
-        path.is_file(),
-        "{} printed {stdout:?}, not an initramfs path",
-        script.display()
-    );
-    path
-}
-
 /// A booted DSA guest with a shell on its console.
 struct Guest {
     s: GuestSession,
@@ -80,7 +54,7 @@ struct Guest {
 impl Guest {
     fn boot(iommu: bool) -> Guest {
         let t0 = Instant::now();
-        let initramfs = dsa_initramfs();
+        let initramfs = build_initramfs("dsa-initramfs.sh");
         let mut args = standard_guest_args();
         args.extend(["--device".to_string(), "dsa".to_string()]);
         if iommu {

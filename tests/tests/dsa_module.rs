@@ -10,15 +10,13 @@
 //! (nothing while masked, exactly one on unmask) and the status codes of hostile descriptors.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tests::{boot_lock, boot_timeout, resources_dir, secs_between, standard_guest_args};
-use tests::{GuestSession, Mode, SessionConfig};
+use tests::{
+    boot_lock, boot_timeout, build_initramfs, cmd_timeout, module_timeout, parse_fields,
+    secs_between, standard_guest_args, GuestSession, SessionConfig, PROMPT, READY,
+};
 
-const READY: &str = "Guest ready:";
-const PROMPT: &str = "guest# ";
 const RESULT: &str = "DSA-RESULT ";
 const MODULE: &str = "/lib/modules-extra/dsa_guest.ko";
 /// Kernel messages that mean an interrupt went astray or the module crashed.
@@ -29,74 +27,6 @@ const BAD_KERNEL_MESSAGES: [&str; 5] = [
     "BUG: ",
     "INTR-REMAP",
 ];
-
-fn cmd_timeout(s: &GuestSession) -> Duration {
-    match s.mode() {
-        Mode::Nested => Duration::from_secs(60),
-        Mode::Direct => Duration::from_secs(20),
-    }
-}
-
-/// The self-test runs inside insmod; allow for a few of its 5 s timeouts.
-fn module_timeout(s: &GuestSession) -> Duration {
-    match s.mode() {
-        Mode::Nested => Duration::from_secs(300),
-        Mode::Direct => Duration::from_secs(120),
-    }
-}
-
-/// Builds (or reuses) the cached initramfs with the module; returns its path.
-fn module_initramfs() -> PathBuf {
-    let script = resources_dir().join("dsa-module/initramfs.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed ({}); run resources/setup.sh first if the guest assets are missing",
-        script.display(),
-        out.status
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    assert!(
-        path.is_file(),
-        "{} printed {stdout:?}, not an initramfs path",
-        script.display()
-    );
-    path
-}
-
-/// Types `cmd; echo <marker>` and returns the output lines between the echoed command and
-/// the marker (split with quotes in the command, so the echoed command line cannot match).
-fn run(s: &mut GuestSession, cmd: &str, marker: &str, timeout: Duration) -> Vec<String> {
-    let (a, b) = marker.split_at(marker.len() / 2);
-    let echo_tag = format!("\"{a}\"\"{b}\"");
-    s.send_line(&format!("{cmd}; echo {echo_tag}"));
-    s.wait_for(marker, timeout)
-        .unwrap_or_else(|e| panic!("`{cmd}`: {e}"));
-    let lines: Vec<String> = s.lines().into_iter().map(|l| l.text).collect();
-    let end = lines
-        .iter()
-        .rposition(|l| l.contains(marker) && !l.contains(&echo_tag))
-        .expect("marker line seen");
-    let start = lines[..end]
-        .iter()
-        .rposition(|l| l.contains(&echo_tag))
-        .map_or(0, |i| i + 1);
-    lines[start..end].to_vec()
-}
-
-/// `key=value` fields after `DSA-RESULT`.
-fn parse_result(line: &str) -> BTreeMap<String, String> {
-    let (_, rest) = line.split_once(RESULT).expect("result line");
-    rest.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 #[test]
 fn dsa_module_self_test() {
@@ -120,7 +50,7 @@ fn boot(iommu: bool) -> (GuestSession, f64) {
         args.extend(["--iommu".to_string(), "intel".to_string()]);
     }
     let mut cfg = SessionConfig::from_env(&args);
-    cfg.initramfs = module_initramfs();
+    cfg.initramfs = build_initramfs("dsa-module/initramfs.sh");
     let mut s = GuestSession::start_with(&cfg).unwrap_or_else(|e| panic!("{e}"));
 
     let ready = s
@@ -134,11 +64,11 @@ fn boot(iommu: bool) -> (GuestSession, f64) {
             ready.text.trim()
         );
     }
-    s.wait_for_prompt(PROMPT, cmd_timeout(&s))
+    s.wait_for_prompt(PROMPT, cmd_timeout(s.mode()))
         .unwrap_or_else(|e| panic!("{e}"));
-    let ct = cmd_timeout(&s);
+    let ct = cmd_timeout(s.mode());
     // busybox's line editor wraps typed lines at the tty width (80 on a bare serial line)
-    run(&mut s, "stty cols 1024", "@@stty-done", ct);
+    s.run_marked("stty cols 1024", "@@stty-done", ct);
     (s, booted)
 }
 
@@ -149,11 +79,10 @@ fn boot(iommu: bool) -> (GuestSession, f64) {
 fn dsa_module_detects_injected_faults() {
     let _g = boot_lock();
     let (mut s, _) = boot(false);
-    let ct = cmd_timeout(&s);
-    let mt = module_timeout(&s);
+    let ct = cmd_timeout(s.mode());
+    let mt = module_timeout(s.mode());
     for inject in [1, 2] {
-        let out = run(
-            &mut s,
+        let out = s.run_marked(
             &format!("insmod {MODULE} inject={inject}; echo insmod-rc=$?; rmmod dsa_guest"),
             "@@insmod-done",
             mt,
@@ -163,13 +92,13 @@ fn dsa_module_detects_injected_faults() {
             "insmod failed: {out:?}"
         );
     }
-    let log = run(&mut s, "dmesg | grep 'DSA[-]RESULT'", "@@dmesg-done", ct);
+    let log = s.run_marked("dmesg | grep 'DSA[-]RESULT'", "@@dmesg-done", ct);
     s.send_line("poweroff -f");
     let code = s.wait_exit(ct).unwrap_or_else(|e| panic!("{e}"));
     println!("results:\n    {}", log.join("\n    "));
     assert_eq!(log.len(), 2, "expected two DSA-RESULT lines: {log:#?}");
-    let r1 = parse_result(&log[0]);
-    let r2 = parse_result(&log[1]);
+    let r1 = parse_fields(&log[0], RESULT);
+    let r2 = parse_fields(&log[1], RESULT);
     let get = |r: &BTreeMap<String, String>, k: &str| r.get(k).cloned().unwrap_or_default();
     assert_eq!(get(&r1, "status"), "fail", "inject=1: {}", log[0]);
     assert_eq!(get(&r1, "ims_mask_ok"), "0", "inject=1: {}", log[0]);
@@ -194,12 +123,11 @@ fn self_test(iommu: bool) {
     let _g = boot_lock();
     let t0 = Instant::now();
     let (mut s, booted) = boot(iommu);
-    let ct = cmd_timeout(&s);
-    let mt = module_timeout(&s);
+    let ct = cmd_timeout(s.mode());
+    let mt = module_timeout(s.mode());
 
     let t_ins = Instant::now();
-    let out = run(
-        &mut s,
+    let out = s.run_marked(
         &format!("insmod {MODULE}; echo insmod-rc=$?"),
         "@@insmod-done",
         mt,
@@ -208,25 +136,18 @@ fn self_test(iommu: bool) {
     let insmod_ok = out.iter().any(|l| l.trim() == "insmod-rc=0");
 
     // bracketed patterns: the echoed command line must not match them itself
-    let log = run(
-        &mut s,
+    let log = s.run_marked(
         "dmesg | grep -e 'dsa[_]guest' -e 'No irq[ ]handler' -e 'Call[ ]Trace' \
          -e 'nobody[ ]cared' -e 'BUG[:]' -e 'DMAR[-]IR' -e 'INTR[-]REMAP'",
         "@@dmesg-done",
         ct,
     );
-    let interrupts = run(
-        &mut s,
+    let interrupts = s.run_marked(
         "grep -e 'dsa_guest' /proc/interrupts; grep -E '^ *(ERR|MIS|SPU):' /proc/interrupts",
         "@@interrupts-done",
         ct,
     );
-    let rmmod = run(
-        &mut s,
-        "rmmod dsa_guest; echo rmmod-rc=$?",
-        "@@rmmod-done",
-        ct,
-    );
+    let rmmod = s.run_marked("rmmod dsa_guest; echo rmmod-rc=$?", "@@rmmod-done", ct);
     s.send_line("poweroff -f");
     let code = s.wait_exit(ct).unwrap_or_else(|e| panic!("{e}"));
 
@@ -246,7 +167,7 @@ fn self_test(iommu: bool) {
 
     assert!(insmod_ok, "insmod failed: {out:?}\n{}", s.tail());
     let result = result.unwrap_or_else(|| panic!("no {RESULT}line in dmesg:\n{}", s.tail()));
-    let f = parse_result(&result);
+    let f = parse_fields(&result, RESULT);
     let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("<missing>");
     assert_eq!(field("status"), "pass", "{result}\n{}", log.join("\n"));
     for k in ["data_ok", "ims_mask_ok", "hostile_ok", "counts_ok"] {

@@ -7,16 +7,13 @@
 //! device (Linux's own retrigger when an MSI moves without interrupt remapping); they are
 //! reported, not failed.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tests::{boot_lock, boot_timeout, resources_dir, secs_between, standard_guest_args};
-use tests::{GuestSession, Mode, SessionConfig};
+use tests::{
+    boot_lock, boot_timeout, build_initramfs, cmd_timeout, module_timeout, parse_fields,
+    secs_between, standard_guest_args, GuestSession, SessionConfig, PROMPT, READY,
+};
 
-const READY: &str = "Guest ready:";
-const PROMPT: &str = "guest# ";
 const RESULT: &str = "IRQTEST-RESULT ";
 const MODULE: &str = "/lib/modules-extra/irqtest_guest.ko";
 /// Kernel messages that mean an interrupt went astray or the module crashed.
@@ -26,76 +23,6 @@ const BAD_KERNEL_MESSAGES: [&str; 4] = [
     "nobody cared",
     "BUG: ",
 ];
-
-fn cmd_timeout(s: &GuestSession) -> Duration {
-    match s.mode() {
-        Mode::Nested => Duration::from_secs(60),
-        Mode::Direct => Duration::from_secs(20),
-    }
-}
-
-/// The self-test runs inside insmod; allow for a few of its 5 s per-interrupt timeouts.
-fn module_timeout(s: &GuestSession) -> Duration {
-    match s.mode() {
-        Mode::Nested => Duration::from_secs(300),
-        Mode::Direct => Duration::from_secs(120),
-    }
-}
-
-/// Builds (or reuses) the cached test initramfs; returns its path.
-fn test_initramfs() -> PathBuf {
-    let script = resources_dir().join("test-initramfs.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed ({}); run resources/setup.sh first if the guest assets are missing",
-        script.display(),
-        out.status
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-    assert!(
-        path.is_file(),
-        "{} printed {stdout:?}, not an initramfs path",
-        script.display()
-    );
-    path
-}
-
-/// Types `cmd; echo <marker>` and returns the output lines between the echoed command and
-/// the marker. The marker is split with quotes in the command so that the echo of the
-/// command line itself does not match.
-fn run(s: &mut GuestSession, cmd: &str, marker: &str, timeout: Duration) -> Vec<String> {
-    let (a, b) = marker.split_at(marker.len() / 2);
-    let typed = format!("{cmd}; echo \"{a}\"\"{b}\"");
-    let echo_tag = format!("\"{a}\"\"{b}\"");
-    s.send_line(&typed);
-    s.wait_for(marker, timeout)
-        .unwrap_or_else(|e| panic!("`{cmd}`: {e}"));
-    let lines: Vec<String> = s.lines().into_iter().map(|l| l.text).collect();
-    let end = lines
-        .iter()
-        .rposition(|l| l.contains(marker) && !l.contains(&echo_tag))
-        .expect("marker line seen");
-    let start = lines[..end]
-        .iter()
-        .rposition(|l| l.contains(&echo_tag))
-        .map_or(0, |i| i + 1);
-    lines[start..end].to_vec()
-}
-
-/// `key=value` fields after `IRQTEST-RESULT`.
-fn parse_result(line: &str) -> BTreeMap<String, String> {
-    let (_, rest) = line.split_once(RESULT).expect("result line");
-    rest.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 #[test]
 fn irqtest_guest_module_self_test() {
@@ -114,7 +41,7 @@ fn irqtest_guest_module_self_test_with_remapping() {
 fn self_test(iommu: bool) {
     let _g = boot_lock();
     let t0 = Instant::now();
-    let initramfs = test_initramfs();
+    let initramfs = build_initramfs("test-initramfs.sh");
     let built = t0.elapsed();
 
     let mut args = standard_guest_args();
@@ -137,16 +64,15 @@ fn self_test(iommu: bool) {
             ready.text.trim()
         );
     }
-    s.wait_for_prompt(PROMPT, cmd_timeout(&s))
+    s.wait_for_prompt(PROMPT, cmd_timeout(s.mode()))
         .unwrap_or_else(|e| panic!("{e}"));
-    let ct = cmd_timeout(&s);
-    let mt = module_timeout(&s);
+    let ct = cmd_timeout(s.mode());
+    let mt = module_timeout(s.mode());
     // busybox's line editor wraps typed lines at the tty width (80 on a bare serial line)
-    run(&mut s, "stty cols 1024", "@@stty-done", ct);
+    s.run_marked("stty cols 1024", "@@stty-done", ct);
 
     let t_ins = Instant::now();
-    let out = run(
-        &mut s,
+    let out = s.run_marked(
         &format!("insmod {MODULE}; echo insmod-rc=$?"),
         "@@insmod-done",
         mt,
@@ -155,25 +81,18 @@ fn self_test(iommu: bool) {
     let insmod_ok = out.iter().any(|l| l.trim() == "insmod-rc=0");
 
     // bracketed patterns: the echoed command line must not match them itself
-    let log = run(
-        &mut s,
+    let log = s.run_marked(
         "dmesg | grep -e 'irqtest[_]guest' -e 'No irq[ ]handler' -e 'Call[ ]Trace' \
          -e 'nobody[ ]cared' -e 'BUG[:]' -e 'DMAR[-]IR' -e 'INTR[-]REMAP'",
         "@@dmesg-done",
         ct,
     );
-    let interrupts = run(
-        &mut s,
+    let interrupts = s.run_marked(
         "grep -i msi /proc/interrupts; grep -E '^ *(ERR|MIS|SPU):' /proc/interrupts",
         "@@interrupts-done",
         ct,
     );
-    let rmmod = run(
-        &mut s,
-        "rmmod irqtest_guest; echo rmmod-rc=$?",
-        "@@rmmod-done",
-        ct,
-    );
+    let rmmod = s.run_marked("rmmod irqtest_guest; echo rmmod-rc=$?", "@@rmmod-done", ct);
     s.send_line("poweroff -f");
     let code = s.wait_exit(ct).unwrap_or_else(|e| panic!("{e}"));
 
@@ -193,7 +112,7 @@ fn self_test(iommu: bool) {
 
     assert!(insmod_ok, "insmod failed: {out:?}\n{}", s.tail());
     let result = result.unwrap_or_else(|| panic!("no {RESULT}line in dmesg:\n{}", s.tail()));
-    let f = parse_result(&result);
+    let f = parse_fields(&result, RESULT);
     let field = |k: &str| f.get(k).map(String::as_str).unwrap_or("<missing>");
     assert_eq!(field("lost"), "0", "interrupts lost: {result}");
     assert_eq!(field("dup"), "0", "interrupts duplicated: {result}");

@@ -4,38 +4,14 @@
 //! plus an index-selective invalidation in the VMM) without losing any: every typed line is
 //! still answered, and the new interrupts are counted on CPU1 only.
 
-use std::time::Duration;
+use tests::{
+    boot_lock, boot_timeout, cmd_timeout, standard_guest_args, GuestSession, PROMPT, READY,
+};
 
-use tests::{boot_lock, boot_timeout, standard_guest_args, GuestSession, Mode};
-
-const READY: &str = "Guest ready:";
-const PROMPT: &str = "guest# ";
-
-fn cmd_timeout(s: &GuestSession) -> Duration {
-    match s.mode() {
-        Mode::Nested => Duration::from_secs(60),
-        Mode::Direct => Duration::from_secs(20),
-    }
-}
-
-/// Types `cmd; echo <marker>` and returns the output lines between the echoed command and
-/// the marker (the marker is split with quotes so the echoed command does not match it).
+/// Types `cmd` and returns its output (see [`GuestSession::run_marked`]).
 fn run(s: &mut GuestSession, cmd: &str, marker: &str) -> Vec<String> {
-    let (a, b) = marker.split_at(marker.len() / 2);
-    let echo_tag = format!("\"{a}\"\"{b}\"");
-    s.send_line(&format!("{cmd}; echo {echo_tag}"));
-    s.wait_for(marker, cmd_timeout(s))
-        .unwrap_or_else(|e| panic!("`{cmd}`: {e}"));
-    let lines: Vec<String> = s.lines().into_iter().map(|l| l.text).collect();
-    let end = lines
-        .iter()
-        .rposition(|l| l.contains(marker) && !l.contains(&echo_tag))
-        .expect("marker line seen");
-    let start = lines[..end]
-        .iter()
-        .rposition(|l| l.contains(&echo_tag))
-        .map_or(0, |i| i + 1);
-    lines[start..end].to_vec()
+    let t = cmd_timeout(s.mode());
+    s.run_marked(cmd, marker, t)
 }
 
 /// (irq number, per-CPU counts) of the ttyS0 line in /proc/interrupts.
@@ -63,7 +39,7 @@ fn serial_interrupt_affinity_moves_under_remapping() {
     let mut s = GuestSession::start(&args);
     s.wait_for_line(READY, boot_timeout(s.mode()))
         .unwrap_or_else(|e| panic!("{e}"));
-    s.wait_for_prompt(PROMPT, cmd_timeout(&s))
+    s.wait_for_prompt(PROMPT, cmd_timeout(s.mode()))
         .unwrap_or_else(|e| panic!("{e}"));
 
     let dmar = run(
@@ -118,7 +94,7 @@ fn serial_interrupt_affinity_moves_under_remapping() {
 
     s.send_line("poweroff -f");
     let code = s
-        .wait_exit(cmd_timeout(&s))
+        .wait_exit(cmd_timeout(s.mode()))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, 0, "exit status after poweroff:\n{}", s.tail());
 }
