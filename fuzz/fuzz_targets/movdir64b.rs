@@ -200,6 +200,7 @@ fuzz_target!(|input: Input| {
                         DecodeError::Truncated
                             | DecodeError::NotMovdir64b
                             | DecodeError::RegisterSource
+                            | DecodeError::TooLong
                     ),
                     "{e:?}"
                 );
