@@ -170,8 +170,6 @@ struct Input {
     ops: Vec<Op>,
 }
 
-/// Register values the harness compares across an operation.
-
 struct Fixture {
     rec: Recording,
     drv: Driver,
