@@ -362,9 +362,10 @@ impl Shared {
         if q.pending.as_ref().is_some_and(|p| !p.completing) {
             q.pending = None;
         }
-        while q.pending.is_some() {
+        while q.pending.is_some() && !self.dead.load(Ordering::Acquire) {
             q = self.idle.wait(q).unwrap_or_else(|e| e.into_inner());
         }
+        q.pending = None;
         self.cmdsts.store(0, Ordering::Release);
     }
 
@@ -433,14 +434,24 @@ impl Shared {
         let abandoned: u64 = (0..q.accepted.len()).map(|w| q.outstanding(w)).sum();
         q.jobs.clear();
         q.retired = q.accepted.clone();
-        let pending = match &mut q.pending {
+        let (pending, mid_completion) = match &mut q.pending {
             Some(p) if !p.completing => {
                 p.completing = true;
-                Some(p.done)
+                (Some(p.done), false)
             }
-            _ => None,
+            Some(_) => (None, true),
+            None => (None, false),
         };
         drop(q);
+        if mid_completion {
+            // The worker may have died completing it: never leave CMDSTS.active set (a
+            // vCPU completing it meanwhile overwrites this with its result).
+            let _ = self
+                .cmdsts
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    (v & CMDSTS_ACTIVE != 0).then_some(u32::from(cmd_err::HW_ERR))
+                });
+        }
         self.counters
             .abandoned
             .fetch_add(abandoned, Ordering::Relaxed);
