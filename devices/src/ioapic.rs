@@ -8,8 +8,13 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use interrupt::{DeviceDomain, DomainKind, InterruptHierarchy, MsiMessage, RequesterId};
-use log::{debug, warn};
+use std::time::Duration;
+
+use interrupt::{
+    warn_ratelimited, DeviceDomain, DomainKind, InterruptHierarchy, MsiMessage, RateLimiter,
+    RequesterId,
+};
+use log::debug;
 use vm_device::bus::MmioAddress;
 use vm_device::DeviceMmio;
 
@@ -80,6 +85,9 @@ struct State {
 pub struct Ioapic {
     state: Mutex<State>,
     domain: Arc<DeviceDomain>,
+    /// Delivery and programming errors follow guest RTE writes (and recur on every
+    /// interrupt of the pin): their warnings are rate-limited.
+    log_limit: RateLimiter,
 }
 
 impl Ioapic {
@@ -109,6 +117,7 @@ impl Ioapic {
                 delivered: [0; NUM_PINS],
             }),
             domain,
+            log_limit: RateLimiter::new(10, Duration::from_secs(5)),
         }
     }
 
@@ -131,7 +140,7 @@ impl Ioapic {
     pub fn set_irq(&self, pin: usize, asserted: bool) {
         let mut s = self.lock();
         let Some(&old) = s.lines.get(pin) else {
-            warn!("ioapic: input on nonexistent pin {pin}");
+            warn_ratelimited!(self.log_limit, "ioapic: input on nonexistent pin {pin}");
             return;
         };
         s.lines[pin] = asserted;
@@ -178,7 +187,7 @@ impl Ioapic {
     fn deliver(&self, s: &mut State, pin: usize) {
         s.delivered[pin] += 1;
         if let Err(e) = self.domain.fire(pin) {
-            warn!("ioapic: pin {pin}: {e}");
+            warn_ratelimited!(self.log_limit, "ioapic: pin {pin}: {e}");
         }
     }
 
@@ -215,7 +224,7 @@ impl Ioapic {
             .set_message(pin, Some(Self::entry_message(new, s.version)))
             .and_then(|_| self.domain.set_masked(pin, masked))
         {
-            warn!("ioapic: pin {pin}: {e}");
+            warn_ratelimited!(self.log_limit, "ioapic: pin {pin}: {e}");
         }
         debug!("ioapic: pin {pin} rte {new:#018x}");
         // Unmasking a level line that is still asserted delivers it.

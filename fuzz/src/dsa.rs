@@ -605,6 +605,14 @@ pub trait DsaPort {
     /// CMDSTS holds a known error code and that a successful enable/disable/reset left the
     /// device in the state it names. Returns CMDSTS.
     fn command(&mut self, word: u32) -> u32 {
+        // Commands that wait for descriptors complete asynchronously; as idxd does, wait for
+        // the previous one first (a CMD write while CMDSTS.active is set is ignored).
+        let mut polls = 0;
+        while self.r32(reg::CMDSTS) & (1 << 31) != 0 && self.r32(reg::CMDSTS) != u32::MAX {
+            polls += 1;
+            assert!(polls < COMMAND_POLLS, "previous command never completes");
+            std::thread::yield_now();
+        }
         self.w32(reg::CMD, word);
         let mut sts = self.r32(reg::CMDSTS);
         if sts == u32::MAX {

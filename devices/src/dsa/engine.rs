@@ -3,8 +3,13 @@
 //! Every guest address goes through vm-memory: a range is usable only as far as it lies in
 //! guest RAM, so an address outside RAM, in MMIO (the device's own portals included) or
 //! wrapping past 2^64 ends the operation with a page fault (0x03) that reports the faulting
-//! address and the partial progress. Data moves in bounded chunks through a host buffer, and
-//! the job's WQ is checked for an abort between chunks.
+//! address and the partial progress.
+//!
+//! Work is bounded per step: data moves in chunks of at most [`CHUNK`] bytes through a host
+//! buffer, and a batch runs one element at a time. Between steps the worker checks whether
+//! the job's WQ was aborted (Abort WQ/All, Reset WQ/Device, halt, device drop), so an abort
+//! takes effect after at most one chunk, whatever the transfer size (itself capped by the
+//! WQ's max_xfer, at most 2^[`MAX_XFER_SHIFT`](super::MAX_XFER_SHIFT) bytes).
 
 use std::sync::atomic::{fence, Ordering};
 
@@ -13,7 +18,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use super::shared::{Job, Shared, SwError};
 use super::spec::{desc, flag, opcode, record, status};
 
-/// Bytes processed between abort checks.
+/// Bytes processed per step (between abort checks).
 pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// Bytes of `[addr, addr + len)` that lie contiguously in guest RAM from `addr` on.
@@ -329,7 +334,7 @@ fn run_batch(sh: &Shared, job: &Job, d: &Desc) -> Option<Outcome> {
     }
     let mut failed = false;
     for i in 0..count {
-        if sh.aborted(job) {
+        if !sh.step(job) {
             return None;
         }
         let addr = list.wrapping_add(u64::from(i) * 64);
@@ -407,7 +412,7 @@ fn copy_forward(
     let mut buf = vec![0u8; CHUNK.min(size as usize)];
     let mut done = 0u64;
     while done < size {
-        if sh.aborted(job) {
+        if !sh.step(job) {
             return None;
         }
         let n = (size - done).min(CHUNK as u64);
@@ -455,7 +460,7 @@ fn memmove(sh: &Shared, job: &Job, src: u64, dst: u64, size: u64) -> Option<Outc
     let mut buf = vec![0u8; CHUNK.min(size as usize)];
     let mut done = 0u64;
     while done < size {
-        if sh.aborted(job) {
+        if !sh.step(job) {
             return None;
         }
         let n = (size - done).min(CHUNK as u64);
@@ -494,7 +499,7 @@ fn memfill(sh: &Shared, job: &Job, pattern: [u8; 8], dst: u64, size: u64) -> Opt
     let buf: Vec<u8> = (0..len).map(|i| pattern[i % 8]).collect();
     let mut done = 0u64;
     while done < size {
-        if sh.aborted(job) {
+        if !sh.step(job) {
             return None;
         }
         // CHUNK is a multiple of 8, so every chunk starts at pattern byte 0.
@@ -535,7 +540,7 @@ fn compare(sh: &Shared, job: &Job, a: Source, b: u64, size: u64) -> Option<Outco
     }
     let mut done = 0u64;
     while done < size {
-        if sh.aborted(job) {
+        if !sh.step(job) {
             return None;
         }
         let n = (size - done).min(CHUNK as u64);
@@ -583,44 +588,22 @@ fn compare(sh: &Shared, job: &Job, a: Source, b: u64, size: u64) -> Option<Outco
 
 /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) as DSA computes it with default
 /// flags: the register starts at `!seed` and the result is inverted, so seed 0 gives the
-/// standard CRC-32C and a previous result as seed continues a computation.
+/// standard CRC-32C and a previous result as seed continues a computation. This is the
+/// `crc32c` crate's append convention; the crate uses SSE4.2 (or the Arm CRC extension)
+/// when the host has it.
 pub(crate) struct Crc32c(u32);
-
-const CRC32C_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0x82f6_3b78
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
 
 impl Crc32c {
     /// Starts a computation from `seed`.
     pub(crate) fn new(seed: u32) -> Self {
-        Self(!seed)
+        Self(seed)
     }
     /// Feeds bytes.
     pub(crate) fn update(&mut self, data: &[u8]) {
-        let mut c = self.0;
-        for &b in data {
-            c = CRC32C_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-        }
-        self.0 = c;
+        self.0 = crc32c::crc32c_append(self.0, data);
     }
     /// The CRC of the bytes fed so far.
     pub(crate) fn value(&self) -> u32 {
-        !self.0
+        self.0
     }
 }

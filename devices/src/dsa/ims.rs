@@ -12,8 +12,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use interrupt::{DeviceDomain, MsiMessage};
-use log::warn;
+use interrupt::{warn_ratelimited, DeviceDomain, MsiMessage, RateLimiter};
 
 use super::spec::ims as layout;
 
@@ -43,6 +42,8 @@ impl Default for Entry {
 pub(crate) struct Ims {
     entries: Mutex<Vec<Entry>>,
     domain: Option<Arc<DeviceDomain>>,
+    /// Domain errors follow guest programming: their warnings are rate-limited.
+    log_limit: RateLimiter,
 }
 
 impl Ims {
@@ -52,6 +53,7 @@ impl Ims {
         Self {
             entries: Mutex::new(vec![Entry::default(); n]),
             domain,
+            log_limit: RateLimiter::new(super::shared::LOG_BURST, super::shared::LOG_INTERVAL),
         }
     }
 
@@ -80,7 +82,7 @@ impl Ims {
             .set_message(i, message)
             .and_then(|_| d.set_masked(i, masked))
         {
-            warn!("IMS entry {i}: {err}");
+            warn_ratelimited!(self.log_limit, "IMS entry {i}: {err}");
         }
     }
 
@@ -169,7 +171,7 @@ impl Ims {
                 *e = Entry::default();
                 if let Some(d) = &self.domain {
                     if let Err(err) = d.release(handle) {
-                        warn!("IMS entry {handle}: {err}");
+                        warn_ratelimited!(self.log_limit, "IMS entry {handle}: {err}");
                     }
                 }
                 true
@@ -205,7 +207,7 @@ impl Ims {
         entries.fill(Entry::default());
         if let Some(d) = &self.domain {
             if let Err(err) = d.release_all() {
-                warn!("IMS reset: {err}");
+                warn_ratelimited!(self.log_limit, "IMS reset: {err}");
             }
         }
     }

@@ -21,8 +21,19 @@
 //!
 //! # Behaviour
 //!
-//! - Commands complete synchronously inside the CMD write: CMDSTS (error, result, active
-//!   clear) is set first, then INTCAUSE bit 1 and MSI-X vector 0 if `int_req` was set.
+//! - Commands that need no descriptor to finish complete inside the CMD write. Those that
+//!   wait for in-flight descriptors (Disable Device, Drain All/PASID, Abort All, Reset
+//!   Device, Disable/Drain/Abort/Reset WQ) complete asynchronously as on hardware: the CMD
+//!   write does what the vCPU side can at once (stop accepting descriptors, abandon queued
+//!   ones, clear the configuration), sets CMDSTS.active and returns; the thread that
+//!   retires the last descriptor the command waits for writes CMDSTS. Either way CMDSTS
+//!   (error, result, active clear) is set first, then INTCAUSE bit 1 and MSI-X vector 0 if
+//!   `int_req` was set (Linux's `idxd_cmd_exec` sleeps until that interrupt; the probe
+//!   reset polls CMDSTS.active). A CMD write while CMDSTS.active is set is ignored.
+//! - The worker executes a descriptor in bounded steps (64 KiB chunks, one batch element),
+//!   checking for an abort between steps. If it dies, the device halts (GENSTS halt,
+//!   reset type "system reset", SWERR 0x20, halt interrupt) and a pending command fails
+//!   with CMDSTS 0x03.
 //! - Only dedicated WQs exist (no PASID, no ENQCMD); descriptors arrive as one 64-byte write
 //!   or as eight 8-byte writes to one 64-byte slot of a portal, and run in order on one
 //!   worker thread per device, `wq_size` outstanding per WQ at most (more are dropped).
@@ -53,8 +64,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use interrupt::warn_ratelimited;
 use interrupt::{DeviceDomain, DomainKind, InterruptHierarchy, MsiMessage, RequesterId};
-use log::{debug, warn};
+use log::debug;
 use pci::config::{command as pci_command, reg as pci_reg};
 use pci::msix::{control as msix_control, MSIX_ENTRY_SIZE};
 use pci::{Bar, BarKind, ConfigSpace, MsixCapability, PciDevice};
@@ -62,10 +74,12 @@ use vm_memory::GuestMemoryMmap;
 
 use ims::Ims;
 use regs::{ConfigRegs, Geometry};
-use shared::{Counters, ErrorState, Job, PortalKind, QueueState, Shared, WqLimits};
+use shared::{
+    CommandDone, Counters, ErrorState, Finish, Job, PortalKind, QueueState, Shared, WqLimits,
+};
 use spec::{
     cmd, cmd_err, gencap, gencfg, genctrl, gensts, grpcap, grpcfg, intcause, msix_perm, portal,
-    reg, wqcap, wqcfg, Command,
+    reg, wqcap, wqcfg, Command, CMDSTS_RESULT_SHIFT,
 };
 
 /// Offset of the GRPCFG table in BAR0.
@@ -199,6 +213,14 @@ pub struct DsaStats {
     pub swerrs: u64,
 }
 
+/// What the vCPU side of a command leaves to do.
+enum CommandStep {
+    /// Complete now with this error code and result.
+    Done(u8, u16),
+    /// Complete (success) once the descriptors accepted so far on these WQs retired.
+    Wait(Vec<usize>, Finish),
+}
+
 /// A partially written portal slot.
 struct Partial {
     data: [u8; 64],
@@ -215,7 +237,6 @@ pub struct Dsa {
     worker: Option<JoinHandle<()>>,
     regs: ConfigRegs,
     state: u32,
-    cmdsts: u32,
     wq_limits: Vec<Option<WqLimits>>,
     partials: HashMap<u64, Partial>,
     msix_domain: Arc<DeviceDomain>,
@@ -287,20 +308,27 @@ impl Dsa {
             handles_enabled: config.ims > 0,
             queue: Mutex::new(QueueState {
                 jobs: Default::default(),
-                outstanding: vec![0; wqs],
+                accepted: vec![0; wqs],
+                retired: vec![0; wqs],
+                pending: None,
             }),
             work: Condvar::new(),
             idle: Condvar::new(),
             generations: (0..wqs).map(|_| AtomicU64::new(0)).collect(),
             stopping: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            cmdsts: AtomicU32::new(0),
             errors: Mutex::new(ErrorState {
                 swerr: [0; 4],
                 intcause: 0,
                 genctrl: 0,
             }),
             counters: Counters::default(),
+            log_limit: interrupt::RateLimiter::new(shared::LOG_BURST, shared::LOG_INTERVAL),
             #[cfg(test)]
             hold: Mutex::new(()),
+            #[cfg(test)]
+            gate: Default::default(),
         });
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new()
@@ -325,7 +353,6 @@ impl Dsa {
             worker: Some(worker),
             regs: ConfigRegs::new(geo),
             state: gensts::DISABLED,
-            cmdsts: 0,
             wq_limits: vec![None; wqs],
             partials: HashMap::new(),
             msix_domain,
@@ -359,18 +386,28 @@ impl Dsa {
         }
     }
 
-    /// Waits until every submitted descriptor has completed (for tests and for a VMM that
-    /// must quiesce the device).
+    /// Waits until every submitted descriptor has completed and no device command is
+    /// pending, or the worker thread is dead (for tests and for a VMM that must quiesce the
+    /// device; never called on a vCPU).
     pub fn wait_idle(&self) {
-        let all: Vec<usize> = (0..usize::from(self.cfg.wqs)).collect();
-        self.shared.drain(&all);
+        self.shared.wait_quiet(&self.all_wqs());
     }
 
-    /// Resets the device as a VM reset or FLR would: in-flight work is abandoned, the
-    /// configuration, error state, IMS entries and interrupt handles are cleared. (The
-    /// configuration space is the VMM's to reset.)
+    /// Whether the worker thread died (the device is then halted for good).
+    pub fn worker_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire)
+    }
+
+    /// Resets the device as a VM reset or FLR would: in-flight work is abandoned (this
+    /// waits until the worker let go of it, at most one bounded step), a pending command
+    /// is forgotten, the configuration, error state, IMS entries and interrupt handles are
+    /// cleared. (The configuration space is the VMM's to reset.)
     pub fn reset(&mut self) {
+        self.shared.cancel_command();
         self.reset_device();
+        self.shared.wait_quiet(&self.all_wqs());
+        self.shared.reset_shared();
+        self.shared.cmdsts.store(0, Ordering::Release);
     }
 
     fn all_wqs(&self) -> Vec<usize> {
@@ -481,9 +518,9 @@ impl Dsa {
             0x60..=0x6c => q(self.table_offsets()[((off - reg::TABLE_OFFSETS) / 8) as usize]),
             reg::GENCFG => self.regs.gencfg,
             reg::GENCTRL => self.shared.lock_errors().genctrl,
-            reg::GENSTS => self.state,
+            reg::GENSTS => self.gensts(),
             reg::INTCAUSE => self.shared.lock_errors().intcause,
-            reg::CMDSTS => self.cmdsts,
+            reg::CMDSTS => self.shared.cmdsts.load(Ordering::Acquire),
             reg::CMDCAP => self.cmdcap(),
             0xc0..=0xdc => q(self.shared.lock_errors().swerr[((off - reg::SWERR) / 8) as usize]),
             0xe0..=0xec => q(self.regs.evl.cfg[((off - reg::EVLCFG) / 8) as usize]),
@@ -553,40 +590,76 @@ impl Dsa {
 
     // ---- commands -----------------------------------------------------------------
 
-    fn command(&mut self, v: u32) {
-        let operand = v & cmd::OPERAND_MASK;
-        let code = (v >> cmd::CODE_SHIFT) & cmd::CODE_MASK;
-        let (err, result) = match Command::from_code(code) {
-            // In the halt state only a reset is accepted.
-            Some(c) if self.state == gensts::HALT && c != Command::ResetDevice => {
-                (cmd_err::HW_ERR, 0)
-            }
-            Some(c) => self.run_command(c, operand),
-            None => (cmd_err::INVAL_CMD, 0),
-        };
-        debug!(
-            "{}: command {code} operand {operand:#x} -> err {err:#x} result {result:#x}",
-            self.name
-        );
-        self.cmdsts = u32::from(err) | (u32::from(result) << spec::CMDSTS_RESULT_SHIFT);
-        if v & cmd::INT_REQ != 0 {
-            self.shared.lock_errors().intcause |= intcause::CMD;
-            self.shared.lock_msix().fire(0);
+    /// GENSTS: the vCPU-side state, or halted for good once the worker died.
+    fn gensts(&self) -> u32 {
+        if self.worker_dead() {
+            gensts::HALT | (gensts::RESET_COLD << gensts::RESET_TYPE_SHIFT)
+        } else {
+            self.state
         }
     }
 
-    fn run_command(&mut self, c: Command, operand: u32) -> (u8, u16) {
+    fn command(&mut self, v: u32) {
+        let operand = v & cmd::OPERAND_MASK;
+        let code = (v >> cmd::CODE_SHIFT) & cmd::CODE_MASK;
+        if self.shared.command_active() {
+            debug!(
+                "{}: command {code} ignored, the previous one is still active",
+                self.name
+            );
+            return;
+        }
+        let step = match Command::from_code(code) {
+            // A dead worker cannot be brought back: every command fails.
+            Some(_) if self.worker_dead() => CommandStep::Done(cmd_err::HW_ERR, 0),
+            // In the halt state only a reset is accepted.
+            Some(c) if self.state == gensts::HALT && c != Command::ResetDevice => {
+                CommandStep::Done(cmd_err::HW_ERR, 0)
+            }
+            Some(c) => self.run_command(c, operand),
+            None => CommandStep::Done(cmd_err::INVAL_CMD, 0),
+        };
+        let int_req = v & cmd::INT_REQ != 0;
+        match step {
+            CommandStep::Done(err, result) => {
+                debug!(
+                    "{}: command {code} operand {operand:#x} -> err {err:#x} result {result:#x}",
+                    self.name
+                );
+                self.shared.complete_command(CommandDone {
+                    cmdsts: u32::from(err) | (u32::from(result) << CMDSTS_RESULT_SHIFT),
+                    int_req,
+                    finish: Finish::Status,
+                });
+            }
+            CommandStep::Wait(wqs, finish) => {
+                debug!(
+                    "{}: command {code} operand {operand:#x} waits for WQs {wqs:?}",
+                    self.name
+                );
+                let done = CommandDone {
+                    cmdsts: u32::from(cmd_err::SUCCESS),
+                    int_req,
+                    finish,
+                };
+                self.shared.start_command(&wqs, done);
+            }
+        }
+    }
+
+    fn run_command(&mut self, c: Command, operand: u32) -> CommandStep {
+        use CommandStep::{Done, Wait};
         let enabled = self.state == gensts::ENABLED;
         match c {
             Command::EnableDevice => {
                 if enabled {
-                    return (cmd_err::DEV_ENABLED, 0);
+                    return Done(cmd_err::DEV_ENABLED, 0);
                 }
                 if !self.bus_master() {
-                    return (cmd_err::BUSMASTER_EN, 0);
+                    return Done(cmd_err::BUSMASTER_EN, 0);
                 }
                 if let Err(e) = self.regs.check_device_enable() {
-                    return (e, 0);
+                    return Done(e, 0);
                 }
                 if self.regs.gencfg & gencfg::EVL_EN != 0 {
                     // The log starts empty.
@@ -594,88 +667,88 @@ impl Dsa {
                     (evl.head, evl.tail, evl.int_pending) = (0, 0, false);
                 }
                 self.state = gensts::ENABLED;
-                (cmd_err::SUCCESS, 0)
+                Done(cmd_err::SUCCESS, 0)
             }
             Command::DisableDevice => {
                 if !enabled {
-                    return (cmd_err::DIS_DEV_EN, 0);
+                    return Done(cmd_err::DIS_DEV_EN, 0);
                 }
+                // No new descriptors; the accepted ones finish first.
                 let all = self.all_wqs();
-                self.shared.drain(&all);
                 self.disable_wqs(&all);
                 self.state = gensts::DISABLED;
-                (cmd_err::SUCCESS, 0)
+                Wait(all, Finish::Status)
             }
-            Command::DrainAll | Command::DrainPasid => {
-                // No descriptor carries a PASID, so draining a PASID drains everything.
-                self.shared.drain(&self.all_wqs());
-                (cmd_err::SUCCESS, 0)
-            }
+            // No descriptor carries a PASID, so draining a PASID drains everything.
+            Command::DrainAll | Command::DrainPasid => Wait(self.all_wqs(), Finish::Status),
             Command::AbortAll => {
-                self.shared.abort(&self.all_wqs());
-                (cmd_err::SUCCESS, 0)
+                let all = self.all_wqs();
+                self.shared.abort_queued(&all);
+                Wait(all, Finish::Status)
             }
-            Command::AbortPasid => (cmd_err::SUCCESS, 0),
+            Command::AbortPasid => Done(cmd_err::SUCCESS, 0),
             Command::ResetDevice => {
                 self.reset_device();
-                (cmd_err::SUCCESS, 0)
+                Wait(self.all_wqs(), Finish::ResetDevice)
             }
             Command::EnableWq => {
                 let wq = operand as usize;
                 if wq >= usize::from(self.cfg.wqs) {
-                    return (cmd_err::INVAL_WQIDX, 0);
+                    return Done(cmd_err::INVAL_WQIDX, 0);
                 }
                 if !enabled {
-                    return (cmd_err::DEV_NOTEN, 0);
+                    return Done(cmd_err::DEV_NOTEN, 0);
                 }
                 if self.wq_limits[wq].is_some() {
-                    return (cmd_err::WQ_ENABLED, 0);
+                    return Done(cmd_err::WQ_ENABLED, 0);
                 }
                 match self.regs.check_wq_enable(wq) {
                     Ok(l) => {
                         self.wq_limits[wq] = Some(l);
-                        (cmd_err::SUCCESS, 0)
+                        Done(cmd_err::SUCCESS, 0)
                     }
-                    Err(e) => (e, 0),
+                    Err(e) => Done(e, 0),
                 }
             }
             Command::DisableWq | Command::DrainWq | Command::AbortWq | Command::ResetWq => {
                 let Some(wqs) = self.decode_wq_set(operand) else {
-                    return (cmd_err::INVAL_WQIDX, 0);
+                    return Done(cmd_err::INVAL_WQIDX, 0);
                 };
                 if !enabled {
-                    return (cmd_err::DEV_NOT_EN, 0);
+                    return Done(cmd_err::DEV_NOT_EN, 0);
                 }
                 match c {
                     Command::DisableWq => {
                         if wqs.iter().any(|&w| self.wq_limits[w].is_none()) {
-                            return (cmd_err::DEV_NOT_EN, 0);
+                            return Done(cmd_err::DEV_NOT_EN, 0);
                         }
-                        self.shared.drain(&wqs);
                         self.disable_wqs(&wqs);
                     }
-                    Command::DrainWq => self.shared.drain(&wqs),
-                    Command::AbortWq => self.shared.abort(&wqs),
+                    Command::DrainWq => {}
+                    Command::AbortWq => self.shared.abort_queued(&wqs),
                     _ => {
-                        self.shared.abort(&wqs);
+                        self.shared.abort_queued(&wqs);
                         self.disable_wqs(&wqs);
                         for &w in &wqs {
                             self.regs.wqcfg[w] = [0; wqcfg::DWORDS];
                         }
                     }
                 }
-                (cmd_err::SUCCESS, 0)
+                Wait(wqs, Finish::Status)
             }
-            Command::RequestIntHandle => self.request_int_handle(operand),
+            Command::RequestIntHandle => {
+                let (err, result) = self.request_int_handle(operand);
+                Done(err, result)
+            }
             Command::ReleaseIntHandle => {
                 if !self.shared.handles_enabled {
-                    return (cmd_err::INVAL_CMD, 0);
+                    return Done(cmd_err::INVAL_CMD, 0);
                 }
                 let handle = (operand & 0xffff) as usize;
                 if operand & cmd::INT_HANDLE_IMS != 0 || !self.shared.ims.release_handle(handle) {
-                    return (cmd_err::INVAL_INT_IDX, 0);
+                    return Done(cmd_err::INVAL_INT_IDX, 0);
                 }
-                (cmd_err::SUCCESS, 0)
+                Done(cmd_err::SUCCESS, 0)
             }
         }
     }
@@ -714,35 +787,29 @@ impl Dsa {
         }
     }
 
+    /// The vCPU side of a device reset: abandons all work (without waiting for the
+    /// worker to let go of it) and clears the configuration. The shared part (error
+    /// registers, MSIX_PERM, IMS) is cleared once the worker let go
+    /// ([`Shared::reset_shared`]).
     fn reset_device(&mut self) {
         let all = self.all_wqs();
-        self.shared.abort(&all);
+        self.shared.abort_queued(&all);
         self.disable_wqs(&all);
         self.partials.clear();
         self.regs.reset();
         self.state = gensts::DISABLED;
-        self.cmdsts = 0;
-        {
-            let mut e = self.shared.lock_errors();
-            e.swerr = [0; 4];
-            e.intcause = 0;
-            e.genctrl = 0;
-        }
-        for p in &self.shared.msix_perm {
-            p.store(0, Ordering::Relaxed);
-        }
-        self.shared.ims.reset();
     }
 
     /// Bus mastering was turned off while the device was enabled: halt (software reset
     /// recovers), abandoning all work.
     fn halt(&mut self) {
-        warn!(
+        warn_ratelimited!(
+            self.shared.log_limit,
             "{}: bus mastering disabled while enabled, halting",
             self.name
         );
         let all = self.all_wqs();
-        self.shared.abort(&all);
+        self.shared.abort_queued(&all);
         self.disable_wqs(&all);
         self.state = gensts::HALT;
         let mut e = self.shared.lock_errors();
@@ -954,13 +1021,16 @@ impl PciDevice for Dsa {
 impl Drop for Dsa {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
+        // A test that failed while the worker was paused must not hang here.
+        #[cfg(test)]
+        self.shared.gate.release();
         // Wake the worker; the queue lock orders the flag before its next wait.
         drop(self.shared.lock_queue());
         self.shared.work.notify_all();
         self.shared.idle.notify_all();
         if let Some(w) = self.worker.take() {
             if w.join().is_err() {
-                warn!("{}: worker thread panicked", self.name);
+                log::warn!("{}: worker thread panicked", self.name);
             }
         }
     }

@@ -149,6 +149,10 @@ pub mod gensts {
     pub const ENABLED: u32 = 1;
     /// Halted; bits 3:2 say which reset recovers (0: software reset).
     pub const HALT: u32 = 3;
+    /// Shift of the reset type (bits 3:2) that recovers a halted device.
+    pub const RESET_TYPE_SHIFT: u32 = 2;
+    /// Reset type: a system (cold) reset is needed (Linux: "idxd halted, need system reset").
+    pub const RESET_COLD: u32 = 3;
 }
 
 /// INTCAUSE bits.
@@ -585,4 +589,6 @@ pub mod status {
     pub const CRA_XLAT: u8 = 0x1a;
     /// Misaligned completion record address (SWERR only).
     pub const CRA_ALIGN: u8 = 0x1b;
+    /// Hardware error (the model: the worker thread died).
+    pub const HW_ERR1: u8 = 0x20;
 }

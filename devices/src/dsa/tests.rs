@@ -864,6 +864,65 @@ mod data_path {
         assert_eq!(r[0], status::OVERLAP);
     }
 
+    /// Bitwise CRC-32C (reflected 0x82F63B78), the oracle for the crate-backed engine.
+    fn crc32c_reference(seed: u32, data: &[u8]) -> u32 {
+        let mut c = !seed;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0x82f6_3b78
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn crc32c_matches_rfc3720_vectors_and_the_bitwise_reference() {
+        // RFC 3720 (iSCSI) B.4 test vectors.
+        let zeros = [0u8; 32];
+        let ones = [0xffu8; 32];
+        let up: Vec<u8> = (0..32).collect();
+        let down: Vec<u8> = (0..32).rev().collect();
+        for (data, want) in [
+            (&zeros[..], 0x8a91_36aa),
+            (&ones[..], 0x62a8_ab43),
+            (&up[..], 0x46dd_794e),
+            (&down[..], 0x113f_db5c),
+        ] {
+            let mut c = Crc32c::new(0);
+            c.update(data);
+            assert_eq!(c.value(), want);
+            assert_eq!(crc32c_reference(0, data), want);
+        }
+        // Any split, any seed: the same as the reference in one go.
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        for (split, seed) in [(0, 0), (1, 0x1234_5678), (333, 0xffff_ffff), (999, 7)] {
+            let mut c = Crc32c::new(seed);
+            c.update(&data[..split]);
+            c.update(&data[split..]);
+            assert_eq!(c.value(), crc32c_reference(seed, &data), "split {split}");
+        }
+    }
+
+    #[test]
+    fn crc_over_several_chunks_matches_the_reference() {
+        let mut f = fx_msix_only();
+        f.up();
+        let n = 3 * engine::CHUNK + 12_345;
+        let data: Vec<u8> = (0..n as u32).map(|i| (i ^ (i >> 9)) as u8).collect();
+        f.fill(SRC, &data);
+        let seed = 0xdead_beef;
+        let d = D::new(opcode::COPY_CRC, STD).io(SRC, DST, n as u32);
+        let r = f.run(&d.u32(desc::CRC_SEED, seed).0);
+        assert_eq!(r[0], status::SUCCESS);
+        assert_eq!(op_specific(&r), crc32c_reference(seed, &data));
+        assert_eq!(f.bytes(DST, n), data);
+    }
+
     #[test]
     fn crc_is_crc32c_with_seed_chaining_and_seed_from_memory() {
         let mut c = Crc32c::new(0);
@@ -981,20 +1040,14 @@ mod data_path {
         let hold = sh.hold.lock().unwrap();
         f.submit(0, 1, &D::new(opcode::NOOP, STD).handle(1).0);
         f.submit(0, 1, &D::new(opcode::NOOP, STD).handle(1).0);
-        let dev = &mut f.dev;
-        std::thread::scope(|s| {
-            let t = s.spawn(|| {
-                dev.bar_write(
-                    0,
-                    reg::CMD,
-                    &cmd_word(Command::AbortWq, 1, true).to_le_bytes(),
-                );
-            });
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            drop(hold);
-            t.join().unwrap();
-        });
+        // The worker may or may not have taken the first one: either way the CMD write
+        // returns at once and the command completes once the worker let go of it.
+        let v0 = f.msix_delivered(0);
+        f.w32(reg::CMD, cmd_word(Command::AbortWq, 1, true));
+        drop(hold);
+        f.dev.wait_idle();
         assert_eq!(f.r32(reg::CMDSTS), 0);
+        assert_eq!(f.msix_delivered(0), v0 + 1);
         assert_eq!(f.record(REC)[0], 0);
         assert_eq!(f.dev.stats().abandoned, 2);
         assert_eq!(f.msix_delivered(1), 0);
@@ -1398,5 +1451,284 @@ mod ims_and_handles {
         f.cmd(Command::ResetDevice, 0);
         assert_eq!(f.cmd(Command::ReleaseIntHandle, u32::from(h)), 0x41);
         assert!(f.ims_snapshot(usize::from(h)).masked);
+    }
+}
+
+/// Device commands that wait for descriptors complete asynchronously (CMDSTS.active), the
+/// worker works in bounded steps an abort interleaves with, and a dead worker fails the
+/// pending command and halts the device.
+mod async_commands {
+    use super::*;
+
+    impl Fx {
+        /// Clears INTCAUSE after bring-up; returns vector 0's deliveries so far.
+        fn quiet(&mut self) -> u64 {
+            self.w32(reg::INTCAUSE, intcause::MASK);
+            self.msix_delivered(0)
+        }
+    }
+
+    /// A MEMMOVE of `chunks` whole chunks from SRC to DST, with a record and an interrupt.
+    fn big_move(chunks: usize) -> D {
+        let n = (chunks * engine::CHUNK) as u32;
+        D::new(opcode::MEMMOVE, STD).io(SRC, DST, n).handle(1)
+    }
+
+    #[test]
+    fn drain_sets_active_then_completes_with_status_and_interrupt() {
+        let mut f = fx_msix_only();
+        f.up();
+        let v0 = f.quiet();
+        f.fill(REC, &[0u8; 32]);
+        let gate = &f.dev.shared.clone().gate;
+        // Steps: 1 job start, 2.. one per chunk. Stop before the second chunk.
+        gate.arm(Some(3), None);
+        f.submit(0, 1, &big_move(2).0);
+        gate.wait_paused();
+        f.w32(reg::CMD, cmd_word(Command::DrainWq, wq_bit(0), true));
+        assert_eq!(f.r32(reg::CMDSTS), CMDSTS_ACTIVE, "drain still waiting");
+        assert_eq!(f.r32(reg::INTCAUSE), 0);
+        assert_eq!((f.msix_delivered(0) - v0), 0);
+        // A command while one is active is ignored.
+        f.w32(reg::CMD, cmd_word(Command::EnableWq, 9, true));
+        assert_eq!(f.r32(reg::CMDSTS), CMDSTS_ACTIVE);
+        assert_eq!(f.r32(WQCFG_OFFSET + 24) & 0xffff, 1, "occupancy");
+        gate.release();
+        f.dev.wait_idle();
+        assert_eq!(f.r32(reg::CMDSTS), 0);
+        assert_eq!(f.r32(reg::INTCAUSE), intcause::CMD);
+        assert_eq!((f.msix_delivered(0) - v0), 1);
+        // The drain completed after the descriptor: its record and interrupt are there.
+        assert_eq!(f.record(REC)[0], status::SUCCESS);
+        assert_eq!(f.msix_delivered(1), 1);
+        assert_eq!(
+            f.bytes(DST, 2 * engine::CHUNK),
+            f.bytes(SRC, 2 * engine::CHUNK)
+        );
+    }
+
+    #[test]
+    fn disable_device_stops_accepting_at_once_and_completes_after_the_work() {
+        let mut f = fx_msix_only();
+        f.up();
+        let v0 = f.quiet();
+        let gate = &f.dev.shared.clone().gate;
+        gate.arm(Some(2), None);
+        f.submit(0, 1, &big_move(1).0);
+        gate.wait_paused();
+        f.w32(reg::CMD, cmd_word(Command::DisableDevice, 0, true));
+        assert_eq!(f.r32(reg::CMDSTS), CMDSTS_ACTIVE);
+        assert_eq!(f.r32(reg::GENSTS), gensts::DISABLED);
+        f.submit(0, 1, &D::new(opcode::NOOP, STD).handle(1).0);
+        assert_eq!(f.dev.stats().dropped, 1, "no descriptor while disabling");
+        gate.release();
+        f.dev.wait_idle();
+        assert_eq!(f.r32(reg::CMDSTS), 0);
+        assert_eq!((f.msix_delivered(0) - v0), 1);
+        assert_eq!(f.dev.stats().completed, 1);
+    }
+
+    #[test]
+    fn probe_style_reset_with_work_in_flight_is_polled_until_active_clears() {
+        let mut f = fx_msix_only();
+        f.up();
+        let v0 = f.quiet();
+        f.fill(REC, &[0u8; 32]);
+        let gate = &f.dev.shared.clone().gate;
+        gate.arm(Some(3), None);
+        f.submit(0, 1, &big_move(4).0);
+        gate.wait_paused();
+        // Linux's idxd_device_init_reset: no int_req, spin on CMDSTS.active.
+        f.w32(reg::CMD, 0x0050_0000);
+        assert_eq!(f.r32(reg::CMDSTS), CMDSTS_ACTIVE);
+        assert_eq!(f.r32(reg::GENSTS), gensts::DISABLED);
+        assert_eq!(f.r32(WQCFG_OFFSET), 0, "configuration cleared at once");
+        gate.release();
+        f.dev.wait_idle();
+        assert_eq!(f.r32(reg::CMDSTS), 0);
+        assert_eq!((f.r32(reg::INTCAUSE), (f.msix_delivered(0) - v0)), (0, 0));
+        assert_eq!(f.record(REC)[0], 0, "the aborted move writes no record");
+        assert_eq!(f.dev.stats().abandoned, 1);
+    }
+
+    #[test]
+    fn abort_interleaves_with_a_chunked_memmove() {
+        let mut f = fx_msix_only();
+        f.up();
+        let v0 = f.quiet();
+        f.fill(REC, &[0u8; 32]);
+        let src: Vec<u8> = (0..4 * engine::CHUNK)
+            .map(|i| (i % 251) as u8 + 1)
+            .collect();
+        f.fill(SRC, &src);
+        let gate = &f.dev.shared.clone().gate;
+        // Step 1 job start, step 2 chunk 0, step 3 chunk 1: stop with one chunk copied.
+        gate.arm(Some(3), None);
+        f.submit(0, 1, &big_move(4).0);
+        gate.wait_paused();
+        f.w32(reg::CMD, cmd_word(Command::AbortWq, wq_bit(0), true));
+        assert_eq!(
+            f.r32(reg::CMDSTS),
+            CMDSTS_ACTIVE,
+            "abort waits for the step"
+        );
+        gate.release();
+        f.dev.wait_idle();
+        assert_eq!(f.r32(reg::CMDSTS), 0);
+        assert_eq!((f.msix_delivered(0) - v0), 1);
+        let c = engine::CHUNK;
+        assert_eq!(
+            f.bytes(DST, c),
+            src[..c].to_vec(),
+            "the first chunk was copied"
+        );
+        assert_eq!(
+            f.bytes(DST + c as u64, 3 * c),
+            vec![0; 3 * c],
+            "nothing after it"
+        );
+        assert_eq!(f.record(REC)[0], 0);
+        assert_eq!(f.msix_delivered(1), 0);
+        let s = f.dev.stats();
+        assert_eq!((s.completed, s.abandoned), (0, 1));
+        // The WQ stays enabled and works.
+        let r = f.run(&D::new(opcode::NOOP, STD).handle(1).0);
+        assert_eq!(r[0], status::SUCCESS);
+    }
+
+    #[test]
+    fn abort_interleaves_with_a_batch_between_elements() {
+        let mut f = fx_msix_only();
+        f.up();
+        f.quiet();
+        const LIST: u64 = 0x8000;
+        for i in 0..4u64 {
+            let d = D::new(opcode::MEMFILL, STD)
+                .io(0x1111_1111_1111_1111 * (i + 1), DST + i * 0x1000, 0x1000)
+                .u64(desc::COMPLETION_ADDR, REC + 0x100 + i * 32)
+                .handle(1);
+            f.fill(LIST + i * 64, &d.0);
+        }
+        f.fill(REC, &[0u8; 0x200]);
+        let gate = &f.dev.shared.clone().gate;
+        // 1 job start; per element: 1 element step + 1 chunk step. Stop before element 2.
+        gate.arm(Some(6), None);
+        let batch = D::new(opcode::BATCH, STD).io(LIST, 0, 4).handle(1);
+        f.submit(0, 1, &batch.0);
+        gate.wait_paused();
+        f.w32(reg::CMD, cmd_word(Command::AbortAll, 0, true));
+        assert_eq!(f.r32(reg::CMDSTS), CMDSTS_ACTIVE);
+        gate.release();
+        f.dev.wait_idle();
+        assert_eq!(f.r32(reg::CMDSTS), 0);
+        let elements: Vec<u8> = (0..4).map(|i| f.record(REC + 0x100 + i * 32)[0]).collect();
+        assert_eq!(elements, [status::SUCCESS, status::SUCCESS, 0, 0]);
+        assert_eq!(f.bytes(DST + 0x2000, 0x2000), vec![0; 0x2000]);
+        assert_eq!(f.record(REC)[0], 0, "no batch record");
+    }
+
+    #[test]
+    fn worker_death_fails_the_pending_drain_and_halts_the_device() {
+        let mut f = fx_msix_only();
+        f.up();
+        let v0 = f.quiet();
+        f.w32(reg::GENCTRL, genctrl::SOFTERR_INT_EN | genctrl::HALT_INT_EN);
+        let gate = &f.dev.shared.clone().gate;
+        gate.arm(Some(2), Some(3));
+        f.submit(0, 1, &big_move(2).0);
+        f.submit(0, 1, &D::new(opcode::NOOP, STD).handle(1).0);
+        gate.wait_paused();
+        f.w32(reg::CMD, cmd_word(Command::DrainWq, wq_bit(0), true));
+        assert_eq!(f.r32(reg::CMDSTS), CMDSTS_ACTIVE);
+        gate.release(); // the worker panics at its next step
+        f.dev.wait_idle(); // returns: the worker is dead
+        assert!(f.dev.worker_dead());
+        assert_eq!(
+            f.r32(reg::CMDSTS),
+            u32::from(cmd_err::HW_ERR),
+            "drain failed"
+        );
+        assert_eq!(
+            f.r32(reg::GENSTS),
+            gensts::HALT | (gensts::RESET_COLD << gensts::RESET_TYPE_SHIFT)
+        );
+        let ic = f.r32(reg::INTCAUSE);
+        assert_eq!(ic, intcause::ERR | intcause::CMD | intcause::HALT);
+        let e = f.swerr();
+        assert_eq!(e[0] & swerr::VALID, swerr::VALID);
+        assert_eq!(
+            (e[0] >> swerr::ERROR_SHIFT) & 0xff,
+            u64::from(status::HW_ERR1)
+        );
+        assert_eq!(
+            (f.msix_delivered(0) - v0),
+            3,
+            "software error, halt, command"
+        );
+        assert_eq!(f.r32(WQCFG_OFFSET + 24) & 0xffff, 0, "nothing outstanding");
+        assert_eq!(f.dev.stats().abandoned, 2);
+        // Nothing blocks afterwards: commands fail at once, descriptors are dropped.
+        assert_eq!(f.cmd(Command::DrainAll, 0), u32::from(cmd_err::HW_ERR));
+        assert_eq!(f.cmd(Command::ResetDevice, 0), u32::from(cmd_err::HW_ERR));
+        let dropped = f.dev.stats().dropped;
+        f.submit(0, 1, &D::new(opcode::NOOP, STD).handle(1).0);
+        assert_eq!(f.dev.stats().dropped, dropped + 1);
+        f.dev.reset();
+        f.dev.wait_idle();
+        assert_eq!(f.r32(reg::GENSTS) & 3, gensts::HALT, "still halted");
+    }
+
+    #[test]
+    fn vm_reset_waits_for_the_worker_to_let_go_and_forgets_the_command() {
+        let mut f = fx_msix_only();
+        f.up();
+        let v0 = f.quiet();
+        let gate = &f.dev.shared.clone().gate;
+        gate.arm(Some(3), None);
+        f.submit(0, 1, &big_move(4).0);
+        gate.wait_paused();
+        f.w32(reg::CMD, cmd_word(Command::DrainAll, 0, true));
+        assert_eq!(f.r32(reg::CMDSTS), CMDSTS_ACTIVE);
+        let sh = f.dev.shared.clone();
+        let generation = sh.generations[0].load(Ordering::Acquire);
+        let dev = &mut f.dev;
+        std::thread::scope(|s| {
+            let t = s.spawn(|| dev.reset());
+            // Let the worker go only once the reset aborted its job.
+            while sh.generations[0].load(Ordering::Acquire) == generation {
+                std::thread::yield_now();
+            }
+            sh.gate.release();
+            t.join().unwrap();
+        });
+        assert_eq!(f.r32(reg::CMDSTS), 0);
+        assert_eq!(f.r32(reg::GENSTS), gensts::DISABLED);
+        assert_eq!(f.r32(WQCFG_OFFSET + 24) & 0xffff, 0);
+        assert_eq!(
+            (f.msix_delivered(0) - v0),
+            0,
+            "the forgotten command sends nothing"
+        );
+        assert_eq!(
+            f.bytes(DST + 2 * engine::CHUNK as u64, 2 * engine::CHUNK),
+            vec![0; 2 * engine::CHUNK]
+        );
+    }
+
+    #[test]
+    fn repeated_halts_are_logged_at_a_limited_rate() {
+        let mut f = fx_msix_only();
+        f.up();
+        f.quiet();
+        for _ in 0..100 {
+            f.bus_master(false);
+            f.bus_master(true);
+            f.w32(reg::CMD, cmd_word(Command::ResetDevice, 0, false));
+            f.configure_wq(0, 16);
+            assert_eq!(f.cmd(Command::EnableDevice, 0), 0);
+        }
+        // 100 halts, 10 at once then one per 5 s: unless this loop took minutes, most
+        // warnings were dropped (and counted).
+        assert!(f.dev.shared.log_limit.suppressed() >= 50);
     }
 }
