@@ -303,9 +303,13 @@ impl Dsa {
             hold: Mutex::new(()),
         });
         let worker_shared = shared.clone();
+        let worker_name = format!("dsa-{:04x}", requester.0);
         let worker = std::thread::Builder::new()
-            .name(format!("dsa-{:04x}", requester.0))
-            .spawn(move || shared::worker_loop(&worker_shared))
+            .name(worker_name.clone())
+            .spawn(move || {
+                crate::worker::thread_started(&worker_name);
+                shared::worker_loop(&worker_shared)
+            })
             .map_err(DsaError::Worker)?;
         let geo = Geometry {
             wqs,
