@@ -188,6 +188,8 @@ fn common_rules() -> Rules {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() } as u64;
     allow_arg(&mut r, libc::SYS_tgkill, 0, &[pid]);
+    // Rust's debug builds check that a descriptor is open before closing it.
+    allow_arg(&mut r, libc::SYS_fcntl, 1, &[libc::F_GETFD as u64]);
     allow_arg(&mut r, libc::SYS_ioctl, 1, &TTY_IOCTLS);
     allow_arg(&mut r, libc::SYS_ioctl, 1, &IRQ_IOCTLS);
     r
@@ -526,5 +528,83 @@ mod tests {
         if std::env::var_os("VMM_TEST_FORBIDDEN_SYSCALL").is_none() {
             assert_eq!(TestTrigger::from_env(), TestTrigger::None);
         }
+    }
+
+    /// Runs in a child test process (see below): confines a thread like a vCPU thread,
+    /// does ordinary work under the filter, then makes a forbidden syscall.
+    #[test]
+    fn child_confined_thread() {
+        let Ok(mode) = std::env::var("VMM_SECCOMP_TEST_CHILD") else {
+            return; // only meaningful in the child process
+        };
+        let forbidden = mode != "clean";
+        let mode = if mode == "log" {
+            SeccompMode::Log
+        } else {
+            SeccompMode::On
+        };
+        let sandbox = Sandbox::new(mode).unwrap();
+        std::thread::Builder::new()
+            .name("vcpu7".into())
+            .spawn(move || {
+                sandbox.apply(ThreadKind::Vcpu, "vcpu7").unwrap();
+                // Allowed: allocation, locks, stderr, eventfds.
+                let v: Vec<u8> = vec![1; 1 << 20];
+                let m = std::sync::Mutex::new(v.len());
+                let evt = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+                evt.write(1).unwrap();
+                eprintln!("confined work done {}", *m.lock().unwrap());
+                if forbidden {
+                    // SAFETY: getppid has no preconditions; it is on no list.
+                    unsafe { libc::syscall(libc::SYS_getppid) };
+                }
+                eprintln!("still running after the forbidden syscall");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn run_child(mode: &str) -> std::process::Output {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "seccomp::tests::child_confined_thread", "--nocapture"])
+            .env("VMM_SECCOMP_TEST_CHILD", mode)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn forbidden_syscall_ends_the_process_with_one_line() {
+        let out = run_child("on");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("confined work done 1048576"), "{err}");
+        let expected = format!(
+            "error: seccomp: thread vcpu7 made forbidden syscall {} ",
+            libc::SYS_getppid
+        );
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>().len(),
+            1,
+            "{err}"
+        );
+        assert!(err.contains(&expected), "{err}");
+        assert!(!err.contains("still running"), "{err}");
+    }
+
+    #[test]
+    fn confined_thread_works_and_exits_cleanly() {
+        let out = run_child("clean");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("confined work done"), "{err}");
+    }
+
+    #[test]
+    fn log_mode_lets_the_syscall_through() {
+        let out = run_child("log");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("still running after the forbidden syscall"), "{err}");
     }
 }
