@@ -206,7 +206,7 @@ pub fn check_access(
     dst: PageAccess,
     dst_is_portal: bool,
 ) -> Result<(), Refusal> {
-    if op.dst % MOVDIR64B_SIZE as u64 != 0 {
+    if !op.dst.is_multiple_of(MOVDIR64B_SIZE as u64) {
         return Err(Refusal::Misaligned(op.dst));
     }
     let user = cpl == 3;

@@ -567,7 +567,11 @@ mod tests {
 
     fn run_child(mode: &str) -> std::process::Output {
         std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "seccomp::tests::child_confined_thread", "--nocapture"])
+            .args([
+                "--exact",
+                "seccomp::tests::child_confined_thread",
+                "--nocapture",
+            ])
             .env("VMM_SECCOMP_TEST_CHILD", mode)
             .output()
             .unwrap()
@@ -584,7 +588,10 @@ mod tests {
             libc::SYS_getppid
         );
         assert_eq!(
-            err.lines().filter(|l| l.starts_with("error:")).collect::<Vec<_>>().len(),
+            err.lines()
+                .filter(|l| l.starts_with("error:"))
+                .collect::<Vec<_>>()
+                .len(),
             1,
             "{err}"
         );
@@ -605,6 +612,9 @@ mod tests {
         let out = run_child("log");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{err}");
-        assert!(err.contains("still running after the forbidden syscall"), "{err}");
+        assert!(
+            err.contains("still running after the forbidden syscall"),
+            "{err}"
+        );
     }
 }
