@@ -43,7 +43,7 @@ pub enum SeccompError {
         source: seccompiler::BackendError,
     },
     /// The kernel refused the filter.
-    #[error("seccomp: cannot apply the filter of thread {thread}: {source}")]
+    #[error("seccomp: cannot apply the filter of thread {thread}: {source} (--seccomp off runs without filters)")]
     Apply {
         /// Thread name.
         thread: String,
