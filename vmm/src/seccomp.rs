@@ -195,29 +195,45 @@ fn common_rules() -> Rules {
     r
 }
 
+/// vCPU threads: the `KVM_RUN` loop and vCPU state access on exits; device emulation on
+/// PIO/MMIO exits (interrupt delivery, new eventfds for vectors the guest enables).
+pub fn vcpu_rules() -> Rules {
+    let mut r = common_rules();
+    allow_arg(&mut r, libc::SYS_ioctl, 1, &VCPU_IOCTLS);
+    r
+}
+
+/// Device worker threads (DSA descriptor processing): guest memory is mapped already, so
+/// locks, interrupt delivery and logging are all they need.
+pub fn worker_rules() -> Rules {
+    common_rules()
+}
+
+/// The main thread's control loop: epoll over the console, signals and the exit eventfd;
+/// at exit, flushing output and tearing the VM down (closing fds, unmapping memory).
+pub fn main_rules() -> Rules {
+    let mut r = common_rules();
+    allow(
+        &mut r,
+        &[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+            libc::SYS_poll,
+            libc::SYS_ppoll,
+            libc::SYS_fsync,
+        ],
+    );
+    r
+}
+
 /// The rules of one thread kind.
 pub fn rules(kind: ThreadKind) -> Rules {
-    let mut r = common_rules();
     match kind {
-        ThreadKind::Vcpu => {
-            allow_arg(&mut r, libc::SYS_ioctl, 1, &VCPU_IOCTLS);
-        }
-        ThreadKind::Worker => {}
-        ThreadKind::Main => {
-            allow(
-                &mut r,
-                &[
-                    libc::SYS_epoll_wait,
-                    libc::SYS_epoll_pwait,
-                    libc::SYS_epoll_ctl,
-                    libc::SYS_poll,
-                    libc::SYS_ppoll,
-                    libc::SYS_fsync,
-                ],
-            );
-        }
+        ThreadKind::Vcpu => vcpu_rules(),
+        ThreadKind::Worker => worker_rules(),
+        ThreadKind::Main => main_rules(),
     }
-    r
 }
 
 /// Builds the BPF program of `kind`: a syscall outside its list gets `mismatch`.
