@@ -698,7 +698,7 @@ fn emulate_movdir64b(
 
 /// Injects #UD (vector 6, no error code) at the current instruction, as KVM does for an
 /// instruction it cannot emulate.
-fn inject_ud(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+pub fn inject_ud(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     const UD_VECTOR: u8 = 6;
     let mut events = vcpu.get_vcpu_events()?;
     events.exception.injected = 1;
