@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target of fuzz/ (libFuzzer) for a while and reports executions.
 #
-#   resources/fuzz.sh [seconds-per-target]     (default 60)
+#   resources/fuzz.sh [seconds-per-target] [target...]     (default 60 s, every target)
+#
+# Targets (fuzz/fuzz_targets/, shared code in fuzz/src/): pci_msix, ioapic, vtd, dsa (device
+# models); dsa_pci (the DSA behind the PCI root: CF8/CFC, ECAM, BAR relocation, the MMIO
+# window); vtd_ioapic_dsa (VT-d remapping the IOAPIC and the DSA with IMS); vmm_config (the
+# command line), bzimage (the Linux loader), movdir64b (the decoder, against iced-x86).
 #
 # Installs cargo-fuzz with `cargo install` when it is missing (it stays in ~/.cargo/bin for
 # later runs). The machine has only a stable toolchain; cargo fuzz needs nightly flags
@@ -13,9 +18,10 @@ set -euo pipefail
 
 secs="${1:-60}"
 if ! [[ "$secs" =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
-    echo "usage: $0 [seconds-per-target]" >&2
+    echo "usage: $0 [seconds-per-target] [target...]" >&2
     exit 2
 fi
+shift || true
 CARGO_FUZZ_VERSION="0.13.2"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fuzz_dir="$root/fuzz"
@@ -34,7 +40,11 @@ mkdir -p "$log_dir"
 echo "== building fuzz targets (release, AddressSanitizer)"
 cargo fuzz build
 
-mapfile -t targets < <(cargo fuzz list)
+if [ "$#" -gt 0 ]; then
+    targets=("$@")
+else
+    mapfile -t targets < <(cargo fuzz list)
+fi
 if [ "${#targets[@]}" -eq 0 ]; then
     echo "no fuzz targets found in $fuzz_dir" >&2
     exit 1
@@ -57,7 +67,7 @@ for t in "${targets[@]}"; do
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+' "$log" | tail -n1 || true)
     if [ "$rc" -ne 0 ]; then
         failed+=("$t")
-        summary+=("$(printf '%-10s CRASH  execs=%s %s' "$t" "${execs:-?}" "${cov:-}")")
+        summary+=("$(printf '%-16s CRASH  execs=%s %s' "$t" "${execs:-?}" "${cov:-}")")
         echo "!! $t failed (exit $rc):"
         grep -E -A3 "panicked at|ERROR: (libFuzzer|AddressSanitizer)|SUMMARY:" "$log" | head -n 30 || true
         grep -E "Test unit written to|Base64:" "$log" || true
@@ -68,7 +78,7 @@ for t in "${targets[@]}"; do
             echo "   as ops:    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz fmt $t ${artifact#"$fuzz_dir"/})"
         fi
     else
-        summary+=("$(printf '%-10s ok     execs=%s (%s/s) %s' "$t" "${execs:-?}" "${rate:-?}" "${cov:-}")")
+        summary+=("$(printf '%-16s ok     execs=%s (%s/s) %s' "$t" "${execs:-?}" "${rate:-?}" "${cov:-}")")
     fi
 done
 

@@ -24,14 +24,14 @@ use libfuzzer_sys::fuzz_target;
 
 use devices::irqtest::{regs, IrqTest, IRQTEST_MAGIC, IRQTEST_PBA_OFFSET, IRQTEST_VENDOR};
 use interrupt::{
-    DeviceDomain, InterruptHierarchy, KvmVectorLayer, NoRemap, RecordingBackend, RemapOutcome,
-    RequesterId, VectorSnapshot,
+    DeviceDomain, InterruptHierarchy, RecordingBackend, RemapOutcome, RequesterId, VectorSnapshot,
 };
 use pci::msix::{control as msix_ctrl, MSIX_ENTRY_SIZE};
 use pci::{PciConfigIo, PciDevice, PciEcam, PciMmioWindow, PciRoot};
 use vm_allocator::AddressAllocator;
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{DeviceMmio, DevicePio};
+use vmm_fuzz::{cap_id, cf8_address, ecam_offset, find_capability, le_bytes, Recording, Size};
 
 /// Reserved (IOAPIC) GSIs, as in the vmm.
 const RESERVED: u32 = 24;
@@ -79,27 +79,6 @@ impl GsiLimit {
             GsiLimit::Kvm => 4096,
             GsiLimit::None => RESERVED,
             GsiLimit::Few(n) => RESERVED + u32::from(n % 16),
-        }
-    }
-}
-
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Size {
-    B1,
-    B2,
-    B4,
-    B8,
-    Any(u8),
-}
-
-impl Size {
-    fn len(self) -> usize {
-        match self {
-            Size::B1 => 1,
-            Size::B2 => 2,
-            Size::B4 => 4,
-            Size::B8 => 8,
-            Size::Any(n) => usize::from(n % 9),
         }
     }
 }
@@ -265,6 +244,7 @@ struct Input {
 }
 
 struct Fixture {
+    rec: Recording,
     backend: Arc<RecordingBackend>,
     hierarchy: Arc<InterruptHierarchy>,
     dev: Arc<Mutex<IrqTest>>,
@@ -275,24 +255,20 @@ struct Fixture {
     window: PciMmioWindow,
     slot: u8,
     vectors: usize,
-    max_gsi: u32,
     msi_cap: usize,
     msix_cap: usize,
 }
 
 fn bytes(value: u64, size: Size) -> Vec<u8> {
-    value.to_le_bytes()[..size.len()].to_vec()
+    le_bytes(value, size, 8)
 }
 
 impl Fixture {
     fn new(input: &Input) -> Self {
         let vectors = input.vectors.get().min(2048);
         let max_gsi = input.gsis.get();
-        let backend = Arc::new(RecordingBackend::default());
-        let hierarchy = InterruptHierarchy::new(
-            Arc::new(KvmVectorLayer::new(backend.clone(), RESERVED, max_gsi)),
-            Arc::new(NoRemap),
-        );
+        let rec = Recording::no_remap(RESERVED, max_gsi);
+        let (backend, hierarchy) = (rec.backend.clone(), rec.hierarchy.clone());
         let mut root = PciRoot::new();
         let slot = root.next_free_slot().expect("free slot");
         let irqtest =
@@ -309,6 +285,7 @@ impl Fixture {
         let (msi, msix) = (domains[0].clone(), domains[1].clone());
         assert_eq!(msix.size(), vectors);
         let mut f = Self {
+            rec,
             backend,
             hierarchy,
             dev,
@@ -319,23 +296,12 @@ impl Fixture {
             window: PciMmioWindow::new(root),
             slot,
             vectors,
-            max_gsi,
             msi_cap: 0,
             msix_cap: 0,
         };
         // Walk the capability list as a guest would.
-        let mut ptr = (f.cfg_dword(0x34) & 0xfc) as usize;
-        let mut seen = 0;
-        while ptr != 0 && seen < 48 {
-            let hdr = f.cfg_dword(ptr);
-            match hdr & 0xff {
-                0x05 => f.msi_cap = ptr,
-                0x11 => f.msix_cap = ptr,
-                _ => {}
-            }
-            ptr = ((hdr >> 8) & 0xfc) as usize;
-            seen += 1;
-        }
+        f.msi_cap = find_capability(|r| f.cfg_dword(r), cap_id::MSI).unwrap_or(0);
+        f.msix_cap = find_capability(|r| f.cfg_dword(r), cap_id::MSIX).unwrap_or(0);
         assert!(f.msi_cap != 0 && f.msix_cap != 0, "capabilities listed");
         f
     }
@@ -367,11 +333,7 @@ impl Fixture {
     }
 
     fn cf8_select(&self, bdf: (u8, u8, u8), reg: u8) {
-        let addr = 0x8000_0000u32
-            | (u32::from(bdf.0) << 16)
-            | (u32::from(bdf.1) << 11)
-            | (u32::from(bdf.2) << 8)
-            | u32::from(reg & 0xfc);
+        let addr = cf8_address(bdf, reg);
         self.io.pio_write(PioAddress(0xcf8), 0, &addr.to_le_bytes());
     }
 
@@ -388,7 +350,7 @@ impl Fixture {
                 size,
             } => {
                 self.cf8_select(target.bdf(self.slot), reg);
-                let mut d = vec![0u8; size.len()];
+                let mut d = vec![0u8; size.len(8)];
                 self.io
                     .pio_read(PioAddress(0xcf8), 4 + u16::from(byte % 4), &mut d);
             }
@@ -407,7 +369,7 @@ impl Fixture {
                 );
             }
             Op::PortRead { port, size } => {
-                let mut d = vec![0u8; size.len()];
+                let mut d = vec![0u8; size.len(8)];
                 self.io
                     .pio_read(PioAddress(0xcf8), u16::from(port % 8), &mut d);
             }
@@ -416,7 +378,7 @@ impl Fixture {
                     .pio_write(PioAddress(0xcf8), u16::from(port % 8), &bytes(value, size));
             }
             Op::EcamRead { target, reg, size } => {
-                let mut d = vec![0u8; size.len()];
+                let mut d = vec![0u8; size.len(8)];
                 let off = ecam_offset(target.bdf(self.slot), usize::from(reg % 0x1000));
                 self.ecam.mmio_read(MmioAddress(0), off, &mut d);
             }
@@ -445,7 +407,7 @@ impl Fixture {
                 assert_eq!(a, b, "CF8/CFC and ECAM disagree at {bdf:?} reg {reg:#x}");
             }
             Op::BarRead { bar, offset, size } => {
-                let mut d = vec![0u8; size.len()];
+                let mut d = vec![0u8; size.len(8)];
                 self.lock()
                     .bar_read(usize::from(bar % 8), offset.get(), &mut d);
             }
@@ -459,7 +421,7 @@ impl Fixture {
             }
             Op::WindowRead { bar, offset, size } => {
                 let base = self.bar_base(usize::from(bar % 6)).unwrap_or(0);
-                let mut d = vec![0u8; size.len()];
+                let mut d = vec![0u8; size.len(8)];
                 self.window
                     .mmio_read(MmioAddress(0), base.wrapping_add(offset.get()), &mut d);
             }
@@ -486,7 +448,7 @@ impl Fixture {
                     self.window
                         .mmio_write(MmioAddress(0), address, &bytes(value, size));
                 } else {
-                    let mut d = vec![0u8; size.len()];
+                    let mut d = vec![0u8; size.len(8)];
                     self.window.mmio_read(MmioAddress(0), address, &mut d);
                 }
             }
@@ -583,24 +545,7 @@ impl Fixture {
         let stats = self.hierarchy.vector_layer().stats();
 
         // Vector-layer bookkeeping.
-        assert!(stats.routes <= stats.allocated, "{stats:?}");
-        let all: Vec<&VectorSnapshot> = after.msi.iter().chain(after.msix.iter()).collect();
-        let gsis: Vec<u32> = all.iter().filter_map(|s| s.gsi).collect();
-        let unique: BTreeSet<u32> = gsis.iter().copied().collect();
-        assert_eq!(unique.len(), gsis.len(), "GSI handed out twice: {gsis:?}");
-        assert_eq!(
-            gsis.len(),
-            stats.allocated,
-            "allocated count vs vectors with a GSI"
-        );
-        assert!(
-            gsis.iter().all(|&g| (RESERVED..self.max_gsi).contains(&g)),
-            "GSI outside the dynamic range: {gsis:?}"
-        );
-        let irqfds: Vec<u32> = self.backend.irqfds.lock().unwrap().clone();
-        let irqfd_set: BTreeSet<u32> = irqfds.iter().copied().collect();
-        assert_eq!(irqfds.len(), irqfd_set.len(), "duplicate irqfd binding");
-        assert_eq!(irqfd_set, unique, "irqfds vs allocated GSIs");
+        let unique = self.rec.check_books(&[self.msi.clone(), self.msix.clone()]);
         let committed = self.backend.committed.lock().unwrap().clone();
         // A freed GSI's route removal may wait for the next commit (the GSI is quarantined
         // meanwhile); GSIs freed before the last commit must be gone from the table.
@@ -739,10 +684,6 @@ impl Fixture {
     }
 }
 
-fn ecam_offset(bdf: (u8, u8, u8), reg: usize) -> u64 {
-    (u64::from(bdf.0) << 20) | (u64::from(bdf.1) << 15) | (u64::from(bdf.2) << 12) | reg as u64
-}
-
 struct State {
     msi: Vec<VectorSnapshot>,
     msix: Vec<VectorSnapshot>,
@@ -781,8 +722,9 @@ fuzz_target!(|input: Input| {
     // Tear down like hot-unplug: everything the device held goes back.
     drop(state);
     let Fixture {
-        backend,
+        rec,
         hierarchy,
+        backend,
         dev,
         msi,
         msix,
@@ -791,12 +733,6 @@ fuzz_target!(|input: Input| {
         window,
         ..
     } = f;
-    drop((dev, msi, msix, io, ecam, window));
-    let stats = hierarchy.vector_layer().stats();
-    assert_eq!(
-        stats.allocated, 0,
-        "vectors leaked after the device went away"
-    );
-    assert_eq!(stats.routes, 0);
-    assert!(backend.irqfds.lock().unwrap().is_empty());
+    drop((dev, msi, msix, io, ecam, window, hierarchy, backend));
+    rec.check_released();
 });

@@ -23,6 +23,9 @@ pub enum DecodeError {
     /// ModRM selects a register source, which is #UD.
     #[error("MOVDIR64B with a register source operand")]
     RegisterSource,
+    /// Longer than the 15 bytes an x86 instruction may have (#GP on hardware).
+    #[error("instruction longer than 15 bytes")]
+    TooLong,
 }
 
 /// A decoded MOVDIR64B.
@@ -47,6 +50,9 @@ pub enum Segment {
 
 /// Size of the data MOVDIR64B moves.
 pub const MOVDIR64B_SIZE: usize = 64;
+
+/// Longest x86 instruction.
+pub const MAX_INSN_LEN: usize = 15;
 
 fn gpr(regs: &kvm_regs, n: u8) -> u64 {
     match n & 15 {
@@ -151,6 +157,9 @@ pub fn decode(
     }
     if let Some(s) = seg {
         addr = addr.wrapping_add(segment_base(s));
+    }
+    if i > MAX_INSN_LEN {
+        return Err(DecodeError::TooLong);
     }
     let mut dst = gpr(regs, reg);
     if addr32 {
@@ -405,5 +414,19 @@ mod tests {
             check_access(&op, 3, &[(0x2fe0, ok())], kernel_page, true),
             Err(Refusal::SupervisorPage(0x1000))
         );
+    }
+
+    #[test]
+    fn instructions_longer_than_15_bytes_are_rejected() {
+        // 13 prefixes + REX + 0F 38 F8 + ModRM = 18 bytes (found by the movdir64b fuzz target).
+        let mut b = vec![0x65; 12];
+        b.insert(2, 0x66);
+        b.extend([0x42, 0x0f, 0x38, 0xf8, 0x1b]);
+        assert_eq!(dec(&b), Err(DecodeError::TooLong));
+        // 15 bytes still decode: 6 prefixes + 0F 38 F8 + ModRM + SIB + disp32.
+        let mut b = vec![0x66; 6];
+        b.extend([0x0f, 0x38, 0xf8, 0x84, 0x8b, 0x10, 0, 0, 0]);
+        assert_eq!(b.len(), 15);
+        assert_eq!(dec(&b).unwrap().len, 15);
     }
 }
