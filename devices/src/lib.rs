@@ -15,3 +15,4 @@ pub mod ioapic;
 pub mod irqtest;
 pub mod power;
 pub mod serial;
+pub mod worker;

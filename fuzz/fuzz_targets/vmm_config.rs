@@ -29,6 +29,7 @@ enum Flag {
     Device,
     Iommu,
     PrintInterrupts,
+    Seccomp,
     Help,
     Version,
 }
@@ -45,6 +46,7 @@ impl Flag {
             Flag::Device => "--device",
             Flag::Iommu => "--iommu",
             Flag::PrintInterrupts => "--print-interrupts",
+            Flag::Seccomp => "--seccomp",
             Flag::Help => "--help",
             Flag::Version => "--version",
         }
@@ -66,6 +68,9 @@ enum Word {
     Engines,
     Groups,
     Ims,
+    Movdir64b,
+    On,
+    Log,
 }
 
 impl Word {
@@ -84,6 +89,9 @@ impl Word {
             Word::Engines => "engines",
             Word::Groups => "groups",
             Word::Ims => "ims",
+            Word::Movdir64b => "movdir64b",
+            Word::On => "on",
+            Word::Log => "log",
         }
     }
 }
@@ -168,7 +176,15 @@ fn canonical(d: &DeviceConfig) -> String {
             engines,
             groups,
             ims,
-        } => format!("dsa,wqs={wqs},engines={engines},groups={groups},ims={ims}"),
+            movdir64b,
+        } => {
+            let m = match movdir64b {
+                None => "",
+                Some(true) => ",movdir64b=on",
+                Some(false) => ",movdir64b=off",
+            };
+            format!("dsa,wqs={wqs},engines={engines},groups={groups},ims={ims}{m}")
+        }
     }
 }
 
@@ -183,6 +199,7 @@ fn check_device(spec: &str, d: &DeviceConfig) {
             engines,
             groups,
             ims,
+            ..
         } => {
             let cfg = DsaConfig {
                 wqs: *wqs,
@@ -213,6 +230,17 @@ fn check_error<S: AsRef<str>>(e: &impl std::fmt::Display, inputs: &[S]) {
     }
 }
 
+/// A small regular file standing in for the kernel.
+fn kernel_file() -> String {
+    static K: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    K.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("vmm-fuzz-config-k-{}", std::process::id()));
+        std::fs::write(&p, [0u8; 512]).expect("scratch kernel file");
+        p.to_string_lossy().into_owned()
+    })
+    .clone()
+}
+
 fuzz_target!(|input: Input| {
     for spec in input.specs.iter().take(8) {
         let s = spec.text();
@@ -224,7 +252,8 @@ fuzz_target!(|input: Input| {
 
     let mut argv = vec!["vmm".to_string()];
     if input.kernel {
-        argv.extend(["--kernel".to_string(), "k".to_string()]);
+        // `from_cli` checks the file (regular, smaller than RAM): give it a real one.
+        argv.extend(["--kernel".to_string(), kernel_file()]);
     }
     for a in input.args.iter().take(24) {
         match a {

@@ -45,7 +45,8 @@ fn dsa_module_self_test_with_remapping() {
 /// returns the session and the seconds from spawn to `Guest ready`.
 fn boot(iommu: bool) -> (GuestSession, f64) {
     let mut args = standard_guest_args();
-    args.extend(["--device".to_string(), "dsa".to_string()]);
+    // MOVDIR64B in the CPUID on request (see dsa_guest.rs): the module submits with stores.
+    args.extend(["--device".to_string(), "dsa,movdir64b=on".to_string()]);
     if iommu {
         args.extend(["--iommu".to_string(), "intel".to_string()]);
     }

@@ -3,6 +3,7 @@
 //! tables and GDT the 64-bit entry point expects.
 
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params};
@@ -60,6 +61,26 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
+    /// A kernel or initramfs path is not a regular file (a directory, FIFO or device).
+    #[error("{arg} {path} is not a regular file")]
+    NotRegularFile {
+        /// `--kernel` or `--initramfs`.
+        arg: &'static str,
+        /// Path given.
+        path: String,
+    },
+    /// The kernel is larger than the guest RAM it is loaded into.
+    #[error("kernel {path} ({size} bytes) is larger than the guest RAM above {load:#x} ({room} bytes); give the guest more memory")]
+    KernelTooLarge {
+        /// Path given.
+        path: String,
+        /// File size.
+        size: u64,
+        /// Load address.
+        load: u64,
+        /// Bytes of RAM from the load address to the end of low memory.
+        room: u64,
+    },
     /// The initramfs does not fit in low memory above the kernel.
     #[error("initramfs of {size} bytes does not fit in guest memory below {limit:#x} above the kernel; give the guest more memory")]
     InitramfsTooLarge {
@@ -97,10 +118,28 @@ pub fn load_linux(
     rsdp: Option<u64>,
 ) -> Result<BootInfo, BootError> {
     let kpath = kernel.display().to_string();
-    let mut kfile = File::open(kernel).map_err(|source| BootError::OpenKernel {
+    let open_err = |source| BootError::OpenKernel {
         path: kpath.clone(),
         source,
-    })?;
+    };
+    let mut kfile = File::open(kernel).map_err(open_err)?;
+    let kmeta = kfile.metadata().map_err(open_err)?;
+    if !kmeta.is_file() {
+        return Err(BootError::NotRegularFile {
+            arg: "--kernel",
+            path: kpath,
+        });
+    }
+    let low_end = mem_size.min(MMIO_HOLE_START);
+    let room = low_end.saturating_sub(KERNEL_LOAD_ADDR);
+    if kmeta.len() > room {
+        return Err(BootError::KernelTooLarge {
+            path: kpath,
+            size: kmeta.len(),
+            load: KERNEL_LOAD_ADDR,
+            room,
+        });
+    }
     let loaded = BzImage::load(mem, Some(GuestAddress(KERNEL_LOAD_ADDR)), &mut kfile, None)
         .map_err(|e| BootError::NotBzImage {
             path: kpath.clone(),
@@ -141,21 +180,37 @@ pub fn load_linux(
     load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cl)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
 
-    // Initramfs at the top of low RAM, below the kernel's limit.
-    let low_end = mem_size.min(MMIO_HOLE_START);
+    // Initramfs at the top of low RAM, below the kernel's limit. Its size is checked
+    // against the room left before anything is read.
     if let Some(path) = initramfs {
         let ipath = path.display().to_string();
-        let data = std::fs::read(path).map_err(|source| BootError::ReadInitramfs {
-            path: ipath,
+        let read_err = |source| BootError::ReadInitramfs {
+            path: ipath.clone(),
             source,
-        })?;
-        let size = data.len() as u64;
+        };
+        let file = File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
+            return Err(BootError::NotRegularFile {
+                arg: "--initramfs",
+                path: ipath,
+            });
+        }
+        let size = meta.len();
         let limit = low_end.min(u64::from(hdr.initrd_addr_max) + 1);
         let kernel_top =
             KERNEL_LOAD_ADDR + u64::from(hdr.init_size).max(loaded.kernel_end - KERNEL_LOAD_ADDR);
         let addr = limit.checked_sub(size).map(|a| a & !0xfff);
         match addr {
             Some(a) if a >= kernel_top => {
+                let mut data = Vec::with_capacity(size as usize);
+                file.take(size).read_to_end(&mut data).map_err(read_err)?;
+                if data.len() as u64 != size {
+                    return Err(read_err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "file shrank while being read",
+                    )));
+                }
                 mem.write_slice(&data, GuestAddress(a)).map_err(mem_err)?;
                 params.hdr.ramdisk_image = a as u32;
                 params.hdr.ramdisk_size = size as u32;
@@ -286,6 +341,36 @@ mod tests {
         let err =
             load_linux(&mem, 64 << 20, Path::new("/nonexistent/k"), None, "", None).unwrap_err();
         assert!(matches!(err, BootError::OpenKernel { .. }));
+    }
+
+    #[test]
+    fn kernel_must_be_a_regular_file() {
+        let mem = create_memory(64 << 20).unwrap();
+        let err = load_linux(&mem, 64 << 20, Path::new("/dev/zero"), None, "", None).unwrap_err();
+        assert_eq!(err.to_string(), "--kernel /dev/zero is not a regular file");
+        let dir = std::env::temp_dir();
+        let err = load_linux(&mem, 64 << 20, &dir, None, "", None).unwrap_err();
+        assert!(matches!(
+            err,
+            BootError::NotRegularFile {
+                arg: "--kernel",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn kernel_larger_than_ram_says_so_before_reading() {
+        let mem = create_memory(64 << 20).unwrap();
+        let p = std::env::temp_dir().join(format!("vmm-boot-big-{}", std::process::id()));
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let err = load_linux(&mem, 64 << 20, &p, None, "", None).unwrap_err();
+        std::fs::remove_file(&p).unwrap();
+        assert!(matches!(err, BootError::KernelTooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("is larger than the guest RAM"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Command-line configuration: cloud-hypervisor style `key=value` flags.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use thiserror::Error;
@@ -9,6 +9,8 @@ use thiserror::Error;
 pub const MIN_MEMORY: u64 = 64 << 20;
 /// Most vCPUs accepted (the MADT and CPUID topology support x2APIC IDs beyond 255).
 pub const MAX_VCPUS: u32 = 1024;
+/// Guest memory is mapped in pages of this size: `--memory` must be a multiple of it.
+pub const PAGE_SIZE: u64 = 4096;
 
 /// Errors in command-line values.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -22,9 +24,25 @@ pub enum ConfigError {
     /// Memory size below the minimum.
     #[error("--memory size {0} bytes is too small: at least 64M is needed")]
     MemoryTooSmall(u64),
+    /// Memory size not a multiple of the page size (rejected, not rounded).
+    #[error("--memory size {0} bytes is not a multiple of 4 KiB: rejected (not rounded); {1} bytes would be")]
+    MemoryNotPageAligned(u64, u64),
     /// `--device` could not be parsed.
-    #[error("invalid --device '{0}': expected irqtest[,vectors=N] (N in 1..=2048) or dsa[,wqs=N,engines=N,groups=N,ims=N]")]
+    #[error("invalid --device '{0}': expected irqtest[,vectors=N] (N in 1..=2048) or dsa[,wqs=N,engines=N,groups=N,ims=N,movdir64b=on|off]")]
     Device(String),
+    /// `--seccomp` could not be parsed.
+    #[error("invalid --seccomp '{0}': expected on, log or off")]
+    Seccomp(String),
+    /// A `--kernel`/`--initramfs` path cannot be used.
+    #[error("{arg} {path}: {reason}")]
+    File {
+        /// The argument (`--kernel` or `--initramfs`).
+        arg: &'static str,
+        /// The path given.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// `--iommu` could not be parsed.
     #[error("invalid --iommu '{0}': expected intel")]
     Iommu(String),
@@ -62,7 +80,22 @@ pub enum DeviceConfig {
         groups: u8,
         /// IMS entries (multiple of 256, 256..=2048).
         ims: u16,
+        /// `movdir64b=on|off`: advertise MOVDIR64B in the guest CPUID regardless of the host
+        /// (on) or never (off); absent: only when the VMM can emulate it to the portals.
+        movdir64b: Option<bool>,
     },
+}
+
+/// What a syscall outside a thread's seccomp filter does (`--seccomp`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SeccompMode {
+    /// The VMM ends with one `error:` line naming the thread and syscall (status 1).
+    #[default]
+    On,
+    /// The syscall runs and the host kernel logs it.
+    Log,
+    /// No filters.
+    Off,
 }
 
 /// The IOMMU added with `--iommu`.
@@ -99,6 +132,7 @@ impl DeviceConfig {
             }
             Some("dsa") => {
                 let (mut wqs, mut engines, mut groups, mut ims) = (4u8, 4u8, 4u8, 256u16);
+                let mut movdir64b = None;
                 for p in parts {
                     let (k, v) = p.split_once('=').ok_or_else(bad)?;
                     let small = || {
@@ -118,6 +152,13 @@ impl DeviceConfig {
                                 .filter(|n| (256..=2048).contains(n) && n % 256 == 0)
                                 .ok_or_else(bad)?
                         }
+                        "movdir64b" => {
+                            movdir64b = Some(match v {
+                                "on" => true,
+                                "off" => false,
+                                _ => return Err(bad()),
+                            })
+                        }
                         _ => return Err(bad()),
                     }
                 }
@@ -126,6 +167,7 @@ impl DeviceConfig {
                     engines,
                     groups,
                     ims,
+                    movdir64b,
                 })
             }
             _ => Err(bad()),
@@ -170,6 +212,9 @@ pub struct Cli {
     /// Print the interrupt hierarchy to stderr when the VMM exits.
     #[arg(long)]
     pub print_interrupts: bool,
+    /// Seccomp filters per thread: on (a forbidden syscall ends the VMM), log, or off.
+    #[arg(long, default_value = "on", value_name = "on|log|off")]
+    pub seccomp: String,
 }
 
 /// Validated VM configuration.
@@ -193,6 +238,8 @@ pub struct VmConfig {
     pub iommu: Option<IommuKind>,
     /// Print the hierarchy at exit.
     pub print_interrupts: bool,
+    /// Seccomp filters.
+    pub seccomp: SeccompMode,
 }
 
 /// Splits `key=value[,key=value]` and returns the value of `key`, rejecting other keys.
@@ -234,6 +281,12 @@ impl VmConfig {
         if memory < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(memory));
         }
+        if memory % PAGE_SIZE != 0 {
+            return Err(ConfigError::MemoryNotPageAligned(
+                memory,
+                memory - memory % PAGE_SIZE,
+            ));
+        }
         let serial = match cli.serial.as_str() {
             "tty" => SerialMode::Tty,
             "off" => SerialMode::Off,
@@ -252,7 +305,19 @@ impl VmConfig {
             Some("intel") => Some(IommuKind::Intel),
             Some(other) => return Err(ConfigError::Iommu(other.to_string())),
         };
+        let seccomp = match cli.seccomp.as_str() {
+            "on" => SeccompMode::On,
+            "log" => SeccompMode::Log,
+            "off" => SeccompMode::Off,
+            other => return Err(ConfigError::Seccomp(other.to_string())),
+        };
+        // Files last: everything above is pure parsing.
+        check_input_file("--kernel", &cli.kernel, memory)?;
+        if let Some(p) = &cli.initramfs {
+            check_input_file("--initramfs", p, memory)?;
+        }
         Ok(Self {
+            seccomp,
             iommu,
             devices,
             kernel: cli.kernel,
@@ -266,12 +331,78 @@ impl VmConfig {
     }
 }
 
+/// Checks that `path` (given as `arg`) is a regular file no larger than guest RAM, without
+/// reading it. Directories, FIFOs and devices (`/dev/zero`) are refused.
+pub fn check_input_file(arg: &'static str, path: &Path, memory: u64) -> Result<u64, ConfigError> {
+    let err = |reason: String| ConfigError::File {
+        arg,
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_block_device() {
+            "a block device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(err(format!("is {kind}, not a regular file")));
+    }
+    let size = meta.len();
+    if size >= memory {
+        return Err(err(format!(
+            "is larger than guest RAM ({size} bytes, --memory is {memory} bytes)"
+        )));
+    }
+    Ok(size)
+}
+
+/// One line for a clap error: its first paragraph (the message and any argument list or
+/// possible values that follow it), without clap's "error: " prefix, lines joined by spaces.
+pub fn clap_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let line = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let line = line.trim_start_matches("error: ").to_string();
+    if line.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A small regular file standing in for a kernel.
+    fn kernel_file() -> PathBuf {
+        static K: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        K.get_or_init(|| {
+            let p = std::env::temp_dir().join(format!("vmm-config-k-{}", std::process::id()));
+            std::fs::write(&p, [0u8; 512]).unwrap();
+            p
+        })
+        .clone()
+    }
+
     fn cli(args: &[&str]) -> Result<VmConfig, ConfigError> {
-        let mut v = vec!["vmm", "--kernel", "k"];
+        let k = kernel_file();
+        let mut v = vec!["vmm", "--kernel", k.to_str().unwrap()];
         v.extend_from_slice(args);
         VmConfig::from_cli(Cli::try_parse_from(v).unwrap())
     }
@@ -374,5 +505,136 @@ mod tests {
         );
         assert!(cli(&["--serial", "file="]).is_err());
         assert!(cli(&["--serial", "pty"]).is_err());
+    }
+
+    #[test]
+    fn memory_not_page_aligned_is_rejected_not_rounded() {
+        let e = cli(&["--memory", "size=67108865"]).unwrap_err();
+        assert_eq!(e, ConfigError::MemoryNotPageAligned(67108865, 67108864));
+        assert!(e.to_string().contains("rejected (not rounded)"), "{e}");
+        assert_eq!(
+            cli(&["--memory", "size=65540K"]).unwrap().memory,
+            65540 << 10
+        );
+        assert!(matches!(
+            cli(&["--memory", "size=65537K"]),
+            Err(ConfigError::MemoryNotPageAligned(..))
+        ));
+    }
+
+    fn file_err(arg: &str, path: &str) -> String {
+        let k = kernel_file();
+        let mut v = vec!["vmm", "--kernel", k.to_str().unwrap()];
+        if arg == "--kernel" {
+            v[2] = path;
+        } else {
+            v.extend_from_slice(&[arg, path]);
+        }
+        match VmConfig::from_cli(Cli::try_parse_from(v).unwrap()) {
+            Err(e @ ConfigError::File { .. }) => e.to_string(),
+            other => panic!("{arg} {path}: expected a file error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn inputs_must_be_regular_files() {
+        let e = file_err("--initramfs", "/dev/zero");
+        assert_eq!(
+            e,
+            "--initramfs /dev/zero: is a character device, not a regular file"
+        );
+        let dir = std::env::temp_dir();
+        let e = file_err("--kernel", dir.to_str().unwrap());
+        assert!(e.starts_with("--kernel ") && e.ends_with("is a directory, not a regular file"));
+        let fifo = dir.join(format!("vmm-config-fifo-{}", std::process::id()));
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = file_err("--initramfs", fifo.to_str().unwrap());
+        std::fs::remove_file(&fifo).unwrap();
+        assert!(e.ends_with("is a FIFO, not a regular file"), "{e}");
+        let e = file_err("--kernel", "/nonexistent/bzImage");
+        assert!(
+            e.starts_with("--kernel /nonexistent/bzImage: No such file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn inputs_larger_than_ram_are_refused_before_reading() {
+        let big = std::env::temp_dir().join(format!("vmm-config-big-{}", std::process::id()));
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(64 << 20).unwrap(); // sparse: nothing is written or read
+        let k = kernel_file();
+        let r = |arg: &str| {
+            let mut v = vec![
+                "vmm",
+                "--kernel",
+                k.to_str().unwrap(),
+                "--memory",
+                "size=64M",
+            ];
+            if arg == "--kernel" {
+                v[2] = big.to_str().unwrap();
+            } else {
+                v.extend_from_slice(&[arg, big.to_str().unwrap()]);
+            }
+            VmConfig::from_cli(Cli::try_parse_from(v).unwrap())
+        };
+        let ek = r("--kernel").unwrap_err().to_string();
+        let ei = r("--initramfs").unwrap_err().to_string();
+        std::fs::remove_file(&big).unwrap();
+        assert!(
+            ek.starts_with("--kernel ") && ek.contains("is larger than guest RAM"),
+            "{ek}"
+        );
+        assert!(
+            ei.starts_with("--initramfs ") && ei.contains("is larger than guest RAM"),
+            "{ei}"
+        );
+    }
+
+    #[test]
+    fn seccomp_modes() {
+        assert_eq!(cli(&[]).unwrap().seccomp, SeccompMode::On);
+        assert_eq!(
+            cli(&["--seccomp", "log"]).unwrap().seccomp,
+            SeccompMode::Log
+        );
+        assert_eq!(
+            cli(&["--seccomp", "off"]).unwrap().seccomp,
+            SeccompMode::Off
+        );
+        assert_eq!(
+            cli(&["--seccomp", "kill"]),
+            Err(ConfigError::Seccomp("kill".into()))
+        );
+    }
+
+    #[test]
+    fn dsa_movdir64b_option() {
+        let get = |spec: &str| match DeviceConfig::parse(spec) {
+            Ok(DeviceConfig::Dsa { movdir64b, .. }) => Ok(movdir64b),
+            other => Err(other),
+        };
+        assert_eq!(get("dsa"), Ok(None));
+        assert_eq!(get("dsa,movdir64b=on"), Ok(Some(true)));
+        assert_eq!(get("dsa,wqs=2,movdir64b=off"), Ok(Some(false)));
+        assert!(get("dsa,movdir64b=yes").is_err());
+        assert!(get("dsa,movdir64b").is_err());
+    }
+
+    #[test]
+    fn missing_kernel_names_the_argument_in_one_line() {
+        let e = Cli::try_parse_from(["vmm"]).unwrap_err();
+        let line = clap_error_line(&e);
+        assert!(!line.contains('\n'));
+        assert!(
+            line.starts_with("the following required arguments were not provided:")
+                && line.contains("--kernel <PATH>"),
+            "{line}"
+        );
+        let e = Cli::try_parse_from(["vmm", "--kernel", "k", "--bogus"]).unwrap_err();
+        assert_eq!(clap_error_line(&e), "unexpected argument '--bogus' found");
     }
 }

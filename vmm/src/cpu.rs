@@ -48,6 +48,52 @@ pub struct ExtraFeatures {
     pub movdir64b: bool,
 }
 
+/// Whether the guest CPUID reports MOVDIR64B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Movdir64bDecision {
+    /// Not reported.
+    Hidden,
+    /// Reported: the VMM emulates guest MOVDIR64B to the portals.
+    Emulated,
+    /// Reported on request although neither host nor VMM can run it to a portal: idxd
+    /// loads, but its descriptor submission faults (#UD).
+    ForcedWithoutSupport,
+}
+
+impl Movdir64bDecision {
+    /// Decides from the devices' `movdir64b=` requests (`None` for a DSA without the
+    /// option; empty without a DSA) and whether the VMM can emulate the instruction (host
+    /// CPU has it and `KVM_CAP_EXIT_ON_EMULATION_FAILURE` is on). Any `off` hides it.
+    pub fn decide(requests: &[Option<bool>], can_emulate: bool) -> Self {
+        if requests.is_empty() || requests.contains(&Some(false)) {
+            Movdir64bDecision::Hidden
+        } else if can_emulate {
+            Movdir64bDecision::Emulated
+        } else if requests.contains(&Some(true)) {
+            Movdir64bDecision::ForcedWithoutSupport
+        } else {
+            Movdir64bDecision::Hidden
+        }
+    }
+
+    /// Whether the guest CPUID reports MOVDIR64B.
+    pub fn advertised(self) -> bool {
+        self != Movdir64bDecision::Hidden
+    }
+
+    /// The startup warning, if any.
+    pub fn warning(self) -> Option<&'static str> {
+        match self {
+            Movdir64bDecision::ForcedWithoutSupport => Some(
+                "--device dsa,movdir64b=on: the guest CPUID reports MOVDIR64B, which this host \
+                 cannot execute or emulate to DSA portals: idxd loads, but its data path \
+                 (descriptor submission with MOVDIR64B) will fault with #UD in the guest",
+            ),
+            _ => None,
+        }
+    }
+}
+
 fn cpu_err(what: &'static str, cpu: u32) -> impl FnOnce(kvm_ioctls::Error) -> CpuError {
     move |source| CpuError::Kvm { what, cpu, source }
 }
@@ -306,6 +352,32 @@ mod tests {
         assert_eq!(find(&plain, 7, 0).ecx & CPUID_7_ECX_MOVDIR64B, 0);
         let dsa = build_cpuid(&base(), 0, 1, ExtraFeatures { movdir64b: true });
         assert_ne!(find(&dsa, 7, 0).ecx & CPUID_7_ECX_MOVDIR64B, 0);
+    }
+
+    #[test]
+    fn movdir64b_only_when_emulated_or_forced() {
+        use Movdir64bDecision::*;
+        // No DSA: never.
+        assert_eq!(Movdir64bDecision::decide(&[], true), Hidden);
+        // A DSA without the option: only when the VMM can emulate it.
+        assert_eq!(Movdir64bDecision::decide(&[None], true), Emulated);
+        assert_eq!(Movdir64bDecision::decide(&[None], false), Hidden);
+        // On request: reported, with a warning when it cannot work.
+        let forced = Movdir64bDecision::decide(&[Some(true)], false);
+        assert_eq!(forced, ForcedWithoutSupport);
+        assert!(forced.advertised());
+        assert!(forced.warning().unwrap().contains("will fault"));
+        assert_eq!(Movdir64bDecision::decide(&[Some(true)], true), Emulated);
+        assert_eq!(
+            Movdir64bDecision::decide(&[Some(true)], true).warning(),
+            None
+        );
+        // off wins.
+        assert_eq!(
+            Movdir64bDecision::decide(&[Some(true), Some(false)], true),
+            Hidden
+        );
+        assert!(!Hidden.advertised());
     }
 
     #[test]

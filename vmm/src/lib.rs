@@ -10,5 +10,6 @@ pub mod config;
 pub mod cpu;
 pub mod layout;
 pub mod movdir64b;
+pub mod seccomp;
 pub mod terminal;
 pub mod vm;

@@ -42,12 +42,8 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            // One line: clap's first line without its own "error: " prefix.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            return fail(2, first.trim_start_matches("error: "));
-        }
+        // One line: clap's first paragraph (with the names of missing arguments).
+        Err(e) => return fail(2, vmm::config::clap_error_line(&e)),
     };
     let config = match VmConfig::from_cli(cli) {
         Ok(c) => c,

@@ -173,6 +173,69 @@ pub fn decode(
     })
 }
 
+/// How one guest virtual address of a MOVDIR64B translated (from `KVM_TRANSLATE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageAccess {
+    /// Mapped.
+    pub valid: bool,
+    /// Writable.
+    pub writeable: bool,
+    /// Accessible from user mode (CPL 3).
+    pub user: bool,
+}
+
+/// Why a MOVDIR64B that KVM could not emulate is not emulated by the VMM either; the guest
+/// then gets #UD, as KVM does for emulation failures it does not report.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// The destination is not 64-byte aligned.
+    #[error("MOVDIR64B destination {0:#x} is not 64-byte aligned")]
+    Misaligned(u64),
+    /// An address is not mapped.
+    #[error("MOVDIR64B address {0:#x} is not mapped")]
+    Unmapped(u64),
+    /// CPL 3 reached a supervisor-only page.
+    #[error("MOVDIR64B from user mode to supervisor page {0:#x}")]
+    SupervisorPage(u64),
+    /// The destination page is read-only.
+    #[error("MOVDIR64B destination {0:#x} is read-only")]
+    ReadOnly(u64),
+    /// The destination is guest RAM or no device: only portals (emulated MMIO) are emulated.
+    #[error("MOVDIR64B destination {0:#x} is not an emulated portal")]
+    NotPortal(u64),
+}
+
+/// Checks a decoded MOVDIR64B before the VMM performs it: `cpl` is the guest's privilege
+/// level, `src` the translation of each page the source touches (with its address),
+/// `dst` the destination's, `dst_is_portal` whether its physical address is emulated MMIO.
+pub fn check_access(
+    op: &Movdir64b,
+    cpl: u8,
+    src: &[(u64, PageAccess)],
+    dst: PageAccess,
+    dst_is_portal: bool,
+) -> Result<(), Refusal> {
+    if !op.dst.is_multiple_of(MOVDIR64B_SIZE as u64) {
+        return Err(Refusal::Misaligned(op.dst));
+    }
+    let user = cpl == 3;
+    for &(va, a) in src.iter().chain(std::iter::once(&(op.dst, dst))) {
+        if !a.valid {
+            return Err(Refusal::Unmapped(va));
+        }
+        if user && !a.user {
+            return Err(Refusal::SupervisorPage(va));
+        }
+    }
+    if !dst.writeable {
+        return Err(Refusal::ReadOnly(op.dst));
+    }
+    if !dst_is_portal {
+        return Err(Refusal::NotPortal(op.dst));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +347,73 @@ mod tests {
         );
         assert_eq!(dec(&[]), Err(DecodeError::Truncated));
         assert_eq!(dec(&[0x66; 20]), Err(DecodeError::NotMovdir64b));
+    }
+
+    fn ok() -> PageAccess {
+        PageAccess {
+            valid: true,
+            writeable: true,
+            user: true,
+        }
+    }
+
+    #[test]
+    fn access_check_allows_only_mapped_aligned_portal_writes() {
+        let op = Movdir64b {
+            dst: 0x1000,
+            src: 0x2000,
+            len: 5,
+        };
+        let src = [(0x2000, ok())];
+        assert_eq!(check_access(&op, 0, &src, ok(), true), Ok(()));
+        assert_eq!(check_access(&op, 3, &src, ok(), true), Ok(()));
+        // Guest RAM or nothing at the destination: #UD.
+        assert_eq!(
+            check_access(&op, 0, &src, ok(), false),
+            Err(Refusal::NotPortal(0x1000))
+        );
+        let mis = Movdir64b { dst: 0x1008, ..op };
+        assert_eq!(
+            check_access(&mis, 0, &src, ok(), true),
+            Err(Refusal::Misaligned(0x1008))
+        );
+        let unmapped = PageAccess::default();
+        assert_eq!(
+            check_access(&op, 0, &[(0x2000, unmapped)], ok(), true),
+            Err(Refusal::Unmapped(0x2000))
+        );
+        let ro = PageAccess {
+            writeable: false,
+            ..ok()
+        };
+        assert_eq!(
+            check_access(&op, 0, &src, ro, true),
+            Err(Refusal::ReadOnly(0x1000))
+        );
+    }
+
+    #[test]
+    fn user_mode_reaches_only_user_pages() {
+        let op = Movdir64b {
+            dst: 0x1000,
+            src: 0x2fe0,
+            len: 5,
+        };
+        let kernel_page = PageAccess {
+            user: false,
+            ..ok()
+        };
+        // The source's second page is supervisor-only.
+        let src = [(0x2fe0, ok()), (0x3000, kernel_page)];
+        assert_eq!(
+            check_access(&op, 3, &src, ok(), true),
+            Err(Refusal::SupervisorPage(0x3000))
+        );
+        assert_eq!(check_access(&op, 0, &src, ok(), true), Ok(()));
+        assert_eq!(
+            check_access(&op, 3, &[(0x2fe0, ok())], kernel_page, true),
+            Err(Refusal::SupervisorPage(0x1000))
+        );
     }
 
     #[test]

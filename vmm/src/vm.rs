@@ -43,6 +43,7 @@ use crate::config::{DeviceConfig, IommuKind, SerialMode, VmConfig};
 use crate::cpu::{self, CpuError};
 use crate::layout::*;
 use crate::movdir64b;
+use crate::seccomp::{Sandbox, SeccompError, ThreadKind};
 use crate::terminal::RawTerminal;
 
 /// Number of IOAPIC pins reserved in KVM's split irqchip (GSIs 0..24).
@@ -107,6 +108,9 @@ pub enum VmError {
     /// Device setup failed.
     #[error("device setup: {0}")]
     Device(String),
+    /// The seccomp sandbox could not be set up.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// Setting up the host side (files, event loop, threads) failed.
     #[error("{what}: {source}")]
     Host {
@@ -167,6 +171,7 @@ pub struct Vm {
     serial_input_ready: EventFd,
     hierarchy: Arc<InterruptHierarchy>,
     exit: Arc<ExitSignal>,
+    sandbox: Arc<Sandbox>,
     // Kept alive for the VM's lifetime.
     _vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
@@ -228,10 +233,21 @@ impl Vm {
         vm.enable_cap(&x2apic)
             .map_err(kvm_err("enabling KVM_CAP_X2APIC_API"))?;
 
-        let has_dsa = config
+        // Filters are compiled before any thread exists; device workers apply theirs when
+        // they start (hook), vCPU threads and the main thread in `run`.
+        let sandbox = Arc::new(Sandbox::new(config.seccomp)?);
+        sandbox.install_worker_hook();
+
+        let movdir64b_requests: Vec<Option<bool>> = config
             .devices
             .iter()
-            .any(|d| matches!(d, DeviceConfig::Dsa { .. }));
+            .filter_map(|d| match d {
+                DeviceConfig::Dsa { movdir64b, .. } => Some(*movdir64b),
+                _ => None,
+            })
+            .collect();
+        let has_dsa = !movdir64b_requests.is_empty();
+        let mut movdir64b_emulated = false;
         if has_dsa
             && host_has_movdir64b()
             && kvm.check_extension_raw(KVM_CAP_EXIT_ON_EMULATION_FAILURE.into()) > 0
@@ -243,9 +259,16 @@ impl Vm {
                 ..Default::default()
             };
             match vm.enable_cap(&cap) {
-                Ok(()) => info!("MOVDIR64B to emulated MMIO is emulated"),
+                Ok(()) => {
+                    info!("MOVDIR64B to emulated MMIO is emulated");
+                    movdir64b_emulated = true;
+                }
                 Err(e) => warn!("KVM_CAP_EXIT_ON_EMULATION_FAILURE: {e}"),
             }
+        }
+        let movdir64b = cpu::Movdir64bDecision::decide(&movdir64b_requests, movdir64b_emulated);
+        if let Some(w) = movdir64b.warning() {
+            warn!("{w}");
         }
 
         let mem = boot::create_memory(config.memory)?;
@@ -386,6 +409,7 @@ impl Vm {
                     engines,
                     groups,
                     ims,
+                    ..
                 } => {
                     let cfg = DsaConfig {
                         wqs: *wqs,
@@ -476,10 +500,7 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let extra = cpu::ExtraFeatures {
-            movdir64b: config
-                .devices
-                .iter()
-                .any(|d| matches!(d, DeviceConfig::Dsa { .. })),
+            movdir64b: movdir64b.advertised(),
         };
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
@@ -502,6 +523,7 @@ impl Vm {
             serial_input_ready,
             hierarchy,
             exit,
+            sandbox,
             _vm: vm,
             mem,
         })
@@ -523,9 +545,16 @@ impl Vm {
             let exit = self.exit.clone();
             // Each vCPU thread keeps guest memory mapped for as long as it can run.
             let mem = self.mem.clone();
+            let sandbox = self.sandbox.clone();
             thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || run_vcpu(id, vcpu, &io, &ioapic, &exit, &mem))
+                .spawn(move || {
+                    if let Err(e) = sandbox.apply(ThreadKind::Vcpu, &format!("vcpu{id}")) {
+                        exit.raise(ExitReason::Error(e.to_string()));
+                        return;
+                    }
+                    run_vcpu(id, vcpu, &io, &ioapic, &exit, &mem)
+                })
                 .map_err(host_err("spawning vCPU thread"))?;
         }
 
@@ -548,6 +577,8 @@ impl Vm {
             exit: self.exit.clone(),
             hierarchy: self.hierarchy.clone(),
         })));
+        // Every thread exists now: confine the control loop.
+        self.sandbox.apply(ThreadKind::Main, "main")?;
         let reason = loop {
             if let Err(e) = em.run() {
                 warn!("event loop: {e:?}");
@@ -608,8 +639,9 @@ fn host_has_movdir64b() -> bool {
     leaf7.ecx & (1 << 28) != 0
 }
 
-/// Performs a guest MOVDIR64B that KVM could not emulate: 64 bytes from the source to the
-/// destination (a portal on the MMIO bus, or RAM), then advances RIP.
+/// Performs a guest MOVDIR64B that KVM could not emulate: 64 bytes from the source to a
+/// portal (emulated MMIO), then advances RIP. `Err` when it is not such an instruction or
+/// the access is not allowed (see [`movdir64b::check_access`]): the caller injects #UD.
 fn emulate_movdir64b(
     vcpu: &VcpuFd,
     io: &IoManager,
@@ -623,36 +655,57 @@ fn emulate_movdir64b(
         movdir64b::Segment::Gs => sregs.gs.base,
     })
     .map_err(|e| e.to_string())?;
-    if op.dst % movdir64b::MOVDIR64B_SIZE as u64 != 0 {
-        return Err(format!(
-            "MOVDIR64B destination {:#x} is not 64-byte aligned",
-            op.dst
-        ));
-    }
-    let gpa = |gva: u64| -> Result<u64, String> {
+    // KVM reports the CPL as SS.DPL on both VMX and SVM.
+    let cpl = sregs.ss.dpl;
+    let translate = |gva: u64| -> Result<(u64, movdir64b::PageAccess), String> {
         let t = vcpu.translate_gva(gva).map_err(|e| e.to_string())?;
-        if t.valid == 0 {
-            return Err(format!("MOVDIR64B address {gva:#x} is not mapped"));
-        }
-        Ok(t.physical_address)
+        Ok((
+            t.physical_address,
+            movdir64b::PageAccess {
+                valid: t.valid != 0,
+                writeable: t.writeable != 0,
+                user: t.usermode != 0,
+            },
+        ))
     };
-    let mut buf = [0u8; movdir64b::MOVDIR64B_SIZE];
     // The source may cross a page boundary: translate each part.
+    let mut src = Vec::with_capacity(2);
     let mut done = 0;
-    while done < buf.len() {
+    while done < movdir64b::MOVDIR64B_SIZE {
         let va = op.src.wrapping_add(done as u64);
-        let chunk = (0x1000 - (va & 0xfff) as usize).min(buf.len() - done);
-        mem.read_slice(&mut buf[done..done + chunk], GuestAddress(gpa(va)?))
+        let chunk = (0x1000 - (va & 0xfff) as usize).min(movdir64b::MOVDIR64B_SIZE - done);
+        let (gpa, access) = translate(va)?;
+        src.push((va, gpa, chunk, access));
+        done += chunk;
+    }
+    let (dst, dst_access) = translate(op.dst)?;
+    let dst_is_portal = !mem.address_in_range(GuestAddress(dst));
+    let checks: Vec<_> = src.iter().map(|&(va, _, _, a)| (va, a)).collect();
+    movdir64b::check_access(&op, cpl, &checks, dst_access, dst_is_portal)
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; movdir64b::MOVDIR64B_SIZE];
+    let mut done = 0;
+    for &(_, gpa, chunk, _) in &src {
+        mem.read_slice(&mut buf[done..done + chunk], GuestAddress(gpa))
             .map_err(|e| format!("MOVDIR64B source: {e}"))?;
         done += chunk;
     }
-    let dst = gpa(op.dst)?;
-    if io.mmio_write(MmioAddress(dst), &buf).is_err() {
-        mem.write_slice(&buf, GuestAddress(dst))
-            .map_err(|e| format!("MOVDIR64B destination: {e}"))?;
-    }
+    io.mmio_write(MmioAddress(dst), &buf)
+        .map_err(|_| format!("MOVDIR64B destination {dst:#x}: no device"))?;
     regs.rip = regs.rip.wrapping_add(op.len as u64);
     vcpu.set_regs(&regs).map_err(|e| e.to_string())
+}
+
+/// Injects #UD (vector 6, no error code) at the current instruction, as KVM does for an
+/// instruction it cannot emulate.
+pub fn inject_ud(vcpu: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
+    const UD_VECTOR: u8 = 6;
+    let mut events = vcpu.get_vcpu_events()?;
+    events.exception.injected = 1;
+    events.exception.nr = UD_VECTOR;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    vcpu.set_vcpu_events(&events)
 }
 
 fn run_vcpu(
@@ -711,16 +764,23 @@ fn run_vcpu(
                 if sub == KVM_INTERNAL_ERROR_EMULATION {
                     // SAFETY: see above; flags tell whether the instruction bytes are valid.
                     let ef = unsafe { run.__bindgen_anon_1.emulation_failure };
-                    if ef.flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
+                    let result = if ef.flags
+                        & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)
                         != 0
                     {
                         // SAFETY: the bytes member is valid when the flag is set.
                         let insn = unsafe { ef.__bindgen_anon_1.__bindgen_anon_1 };
                         let n = usize::from(insn.insn_size).min(insn.insn_bytes.len());
-                        match emulate_movdir64b(&vcpu, io, mem, &insn.insn_bytes[..n]) {
-                            Ok(()) => continue,
-                            Err(e) => debug!("vcpu{id}: emulation failure not handled: {e}"),
-                        }
+                        emulate_movdir64b(&vcpu, io, mem, &insn.insn_bytes[..n])
+                    } else {
+                        Err("no instruction bytes".to_string())
+                    };
+                    let Err(why) = result else { continue };
+                    // Not a MOVDIR64B the VMM performs: the guest gets #UD, as KVM does.
+                    debug!("vcpu{id}: emulation failure, injecting #UD: {why}");
+                    match inject_ud(&vcpu) {
+                        Ok(()) => continue,
+                        Err(e) => warn!("vcpu{id}: cannot inject #UD: {e}"),
                     }
                 }
                 let regs = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);

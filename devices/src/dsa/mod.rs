@@ -331,9 +331,13 @@ impl Dsa {
             gate: Default::default(),
         });
         let worker_shared = shared.clone();
+        let worker_name = format!("dsa-{:04x}", requester.0);
         let worker = std::thread::Builder::new()
-            .name(format!("dsa-{:04x}", requester.0))
-            .spawn(move || shared::worker_loop(&worker_shared))
+            .name(worker_name.clone())
+            .spawn(move || {
+                crate::worker::thread_started(&worker_name);
+                shared::worker_loop(&worker_shared)
+            })
             .map_err(DsaError::Worker)?;
         let geo = Geometry {
             wqs,

@@ -380,6 +380,11 @@ impl KvmGuest {
         self.apic_id
     }
 
+    /// The vCPU before [`Self::start`] (e.g. to queue an event for its first entry).
+    pub fn vcpu(&self) -> Option<&VcpuFd> {
+        self.vcpu.as_ref()
+    }
+
     /// The guest memory (one slot of 1 MiB at guest-physical 0; the guest itself uses the
     /// first 32 KiB).
     pub fn mem(&self) -> &GuestMemoryMmap {
@@ -420,6 +425,12 @@ impl KvmGuest {
 
     /// Starts the vCPU thread with `hooks` and waits until the guest's x2APIC is enabled.
     pub fn start(&mut self, hooks: VcpuHooks) {
+        self.start_no_wait(hooks);
+        self.wait_until("the guest to enable its x2APIC", |o| o.ready);
+    }
+
+    /// Starts the vCPU thread with `hooks` without waiting for the guest.
+    pub fn start_no_wait(&mut self, hooks: VcpuHooks) {
         let vcpu = self.vcpu.take().expect("KvmGuest::start called twice");
         // Install the kick handler before the thread can be kicked.
         kick_signal();
@@ -431,7 +442,6 @@ impl KvmGuest {
                 .spawn(move || vcpu_loop(vcpu, &shared, &hooks, &stop, &listing))
                 .expect("spawning the vCPU thread"),
         );
-        self.wait_until("the guest to enable its x2APIC", |o| o.ready);
     }
 
     /// A copy of what was observed so far.
