@@ -147,7 +147,8 @@ pub fn install_panic_hook() {
                 std::thread::park();
             }
         }
-        terminal::restore_saved();
+        // Held until _exit: no thread can put the terminal back into raw mode.
+        let _terminal = terminal::restore_saved();
         let t = std::thread::current();
         let line = format!(
             "error: {}\n",
@@ -167,6 +168,7 @@ pub const TEST_PANIC_ENV: &str = "VMM_TEST_PANIC";
 /// Test-only: panics when `VMM_TEST_PANIC` (read once) names `site` (`vcpu`: the first
 /// vCPU thread as it starts; `main`: the main loop before it polls). Proves the panic
 /// policy in tests; not a user feature.
+#[track_caller]
 pub fn test_panic(site: &str) {
     static SITE: OnceLock<Option<String>> = OnceLock::new();
     let wanted = SITE.get_or_init(|| std::env::var(TEST_PANIC_ENV).ok());

@@ -40,13 +40,14 @@ impl RawTerminal {
             if libc::tcgetattr(fd, &mut saved) != 0 {
                 return None;
             }
-            // Registered before the change, so a panic in between still restores.
-            *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = Some((fd, saved));
+            // Registered and changed under the slot's lock: a concurrent panic either
+            // restores after the change or keeps the change from happening.
+            let mut slot = SAVED.lock().unwrap_or_else(|e| e.into_inner());
             let raw = raw_termios(&saved);
             if libc::tcsetattr(fd, libc::TCSANOW, &raw) != 0 {
-                *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 return None;
             }
+            *slot = Some((fd, saved));
             Some(Self { fd, saved })
         }
     }
@@ -54,29 +55,31 @@ impl RawTerminal {
 
 impl Drop for RawTerminal {
     fn drop(&mut self) {
+        let mut slot = SAVED.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: restores the settings saved in `enter` on the same descriptor.
         unsafe {
             libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
         }
-        *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *slot = None;
     }
 }
 
-/// Restores the terminal a live [`RawTerminal`] changed, if any (for the panic hook, which
-/// ends the process without running destructors). Never blocks: if the slot is being
-/// updated right now, nothing is done.
-pub fn restore_saved() {
-    let slot = match SAVED.try_lock() {
-        Ok(g) => *g,
-        Err(std::sync::TryLockError::Poisoned(e)) => *e.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => return,
-    };
-    if let Some((fd, saved)) = slot {
+/// The lock on the saved terminal settings, held by [`restore_saved`]'s caller.
+pub type SavedTerminalGuard = std::sync::MutexGuard<'static, Option<(RawFd, libc::termios)>>;
+
+/// Restores the terminal a live [`RawTerminal`] changed, if any, for the panic hook (which
+/// ends the process without running destructors). Returns the lock on the saved settings:
+/// while it is held no other thread can enter raw mode again, so the hook keeps it until
+/// the process ends.
+pub fn restore_saved() -> SavedTerminalGuard {
+    let slot = SAVED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((fd, saved)) = *slot {
         // SAFETY: writes back settings read from the same descriptor.
         unsafe {
             libc::tcsetattr(fd, libc::TCSANOW, &saved);
         }
     }
+    slot
 }
 
 /// The escape key: Ctrl-A, as in QEMU's `-serial mon:stdio`.
@@ -257,12 +260,14 @@ mod tests {
         // The panic hook's path: restore while the RawTerminal is still alive.
         let raw = RawTerminal::enter(pty.slave).unwrap();
         assert!(!same(&pty.termios(), &before));
-        restore_saved();
+        let guard = restore_saved();
         assert!(same(&pty.termios(), &before), "restore_saved restores");
+        drop(guard);
         drop(raw);
         assert!(same(&pty.termios(), &before));
-        // Nothing registered any more: restore_saved is a no-op.
-        restore_saved();
+        // Nothing registered any more: restore_saved changes nothing.
+        drop(restore_saved());
+        assert!(same(&pty.termios(), &before));
     }
 
     #[test]
