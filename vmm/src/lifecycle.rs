@@ -34,18 +34,15 @@ fn handled_set() -> libc::sigset_t {
     }
 }
 
-/// Blocks [`HANDLED_SIGNALS`] in the calling thread and resets their disposition to the
-/// default (a shell ignores SIGINT for background jobs; an ignored signal never reaches a
-/// signalfd). Call before any other thread exists: threads inherit the mask.
+/// Blocks [`HANDLED_SIGNALS`] in the calling thread. Call before any other thread exists:
+/// threads inherit the mask. A signal the VMM was started with ignored (`nohup`, a
+/// non-interactive shell's background job for SIGINT) stays ignored, as is the Unix custom.
 pub fn block_handled_signals() -> std::io::Result<()> {
     let set = handled_set();
     // SAFETY: plain libc calls with a sigset we own.
     unsafe {
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(std::io::Error::last_os_error());
-        }
-        for s in HANDLED_SIGNALS {
-            libc::signal(s, libc::SIG_DFL);
         }
     }
     Ok(())

@@ -126,6 +126,65 @@ impl EscapeParser {
     }
 }
 
+/// Host input waiting for the guest's receive FIFO, bounded: when it is full the console
+/// stops reading stdin (back-pressure) instead of buffering without limit.
+#[derive(Debug)]
+pub struct InputQueue {
+    pending: std::collections::VecDeque<u8>,
+    limit: usize,
+    /// Present when stdin is an interactive terminal.
+    escape: Option<EscapeParser>,
+}
+
+impl InputQueue {
+    /// An empty queue holding at most about `limit` bytes; `escape` enables the escape
+    /// sequence.
+    pub fn new(limit: usize, escape: bool) -> Self {
+        Self {
+            pending: std::collections::VecDeque::new(),
+            limit,
+            escape: escape.then(EscapeParser::default),
+        }
+    }
+
+    /// How many bytes to read from stdin now (0: stop polling stdin).
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.pending.len())
+    }
+
+    /// Queues bytes read from stdin (at most `room()` of them), filtering the escape
+    /// sequence. A Ctrl-A pair split over reads can exceed the limit by one byte.
+    pub fn accept(&mut self, input: &[u8]) -> EscapeAction {
+        match &mut self.escape {
+            Some(parser) => {
+                let mut out = Vec::with_capacity(input.len() + 1);
+                let action = parser.feed(input, &mut out);
+                self.pending.extend(out);
+                action
+            }
+            None => {
+                self.pending.extend(input);
+                EscapeAction::None
+            }
+        }
+    }
+
+    /// The queued bytes as one contiguous slice (the front of the queue).
+    pub fn front(&mut self) -> &[u8] {
+        self.pending.make_contiguous()
+    }
+
+    /// Removes `n` bytes the guest took from the front.
+    pub fn consume(&mut self, n: usize) {
+        self.pending.drain(..n.min(self.pending.len()));
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +242,34 @@ mod tests {
             feed(&mut p, b"\x01"),
             (b"\x01".to_vec(), EscapeAction::None)
         );
+    }
+
+    #[test]
+    fn input_queue_is_bounded_and_drains() {
+        let mut q = InputQueue::new(8, false);
+        assert_eq!(q.room(), 8);
+        assert_eq!(q.accept(b"abcdef"), EscapeAction::None);
+        assert_eq!(q.room(), 2);
+        q.accept(b"gh");
+        assert_eq!(q.room(), 0, "full: stdin is not read");
+        assert_eq!(q.front(), b"abcdefgh");
+        q.consume(3);
+        assert_eq!(q.room(), 3);
+        assert_eq!(q.front(), b"defgh");
+        q.consume(100);
+        assert!(q.is_empty());
+        // Without a terminal the escape byte is ordinary input.
+        assert_eq!(q.accept(b"\x01x"), EscapeAction::None);
+        assert_eq!(q.front(), b"\x01x");
+    }
+
+    #[test]
+    fn input_queue_on_a_terminal_filters_the_escape() {
+        let mut q = InputQueue::new(8, true);
+        assert_eq!(q.accept(b"ls\x01\x01"), EscapeAction::None);
+        assert_eq!(q.front(), b"ls\x01");
+        assert_eq!(q.accept(b"\x01x"), EscapeAction::Quit);
+        assert_eq!(q.front(), b"ls\x01");
     }
 
     struct Pty {

@@ -1,6 +1,5 @@
 //! Building and running a VM: KVM setup, devices, vCPU threads and the main event loop.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -47,7 +46,7 @@ use crate::cpu::{self, CpuError};
 use crate::layout::*;
 use crate::lifecycle::{test_panic, SignalFd};
 use crate::movdir64b;
-use crate::terminal::{EscapeAction, EscapeParser, RawTerminal};
+use crate::terminal::{EscapeAction, InputQueue, RawTerminal};
 
 /// Number of IOAPIC pins reserved in KVM's split irqchip (GSIs 0..24).
 const IOAPIC_PINS: u32 = devices::ioapic::NUM_PINS as u32;
@@ -561,10 +560,9 @@ impl Vm {
                     .serial_input_ready
                     .try_clone()
                     .map_err(host_err("eventfd"))?,
-                pending: VecDeque::new(),
                 // The escape sequence only on an interactive terminal; piped input is
                 // passed through unchanged.
-                escape: raw.is_some().then(EscapeParser::default),
+                input: InputQueue::new(CONSOLE_PENDING_MAX, raw.is_some()),
                 exit: self.exit.clone(),
                 stdin_paused: false,
             })));
@@ -812,30 +810,27 @@ const CONSOLE_PENDING_MAX: usize = 4096;
 struct Console {
     serial: Arc<SerialPort>,
     ready: EventFd,
-    pending: VecDeque<u8>,
-    /// Present when stdin is a terminal in raw mode.
-    escape: Option<EscapeParser>,
+    input: InputQueue,
     exit: Arc<ExitSignal>,
-    /// stdin is not polled while `pending` is full.
+    /// stdin is not polled while `input` is full.
     stdin_paused: bool,
 }
 
 impl Console {
     fn push(&mut self) {
-        while !self.pending.is_empty() {
-            let n = self.serial.enqueue_input(self.pending.as_slices().0);
+        while !self.input.is_empty() {
+            let n = self.serial.enqueue_input(self.input.front());
             if n == 0 {
                 break;
             }
-            self.pending.drain(..n);
+            self.input.consume(n);
         }
     }
 
-    /// Reads what fits in `pending` from stdin; false on EOF or error.
+    /// Reads what fits in the input queue from stdin; false on EOF or error.
     fn read_stdin(&mut self) -> bool {
         let mut buf = [0u8; 256];
-        let room = CONSOLE_PENDING_MAX.saturating_sub(self.pending.len());
-        let want = room.min(buf.len());
+        let want = self.input.room().min(buf.len());
         if want == 0 {
             return true;
         }
@@ -844,24 +839,15 @@ impl Console {
         if n <= 0 {
             return false;
         }
-        let input = &buf[..n as usize];
-        match &mut self.escape {
-            Some(parser) => {
-                let mut out = Vec::with_capacity(input.len() + 1);
-                if parser.feed(input, &mut out) == EscapeAction::Quit {
-                    self.exit.raise(ExitReason::Quit);
-                }
-                // A literal Ctrl-A pair can make `out` one byte longer than the room.
-                self.pending.extend(out);
-            }
-            None => self.pending.extend(input),
+        if self.input.accept(&buf[..n as usize]) == EscapeAction::Quit {
+            self.exit.raise(ExitReason::Quit);
         }
         true
     }
 
     /// Polls stdin only while there is room for its input.
     fn update_stdin_interest(&mut self, ops: &mut EventOps) {
-        let full = self.pending.len() >= CONSOLE_PENDING_MAX;
+        let full = self.input.room() == 0;
         if full != self.stdin_paused {
             let set = if full {
                 EventSet::empty()
