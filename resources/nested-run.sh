@@ -177,8 +177,10 @@ while IFS= read -r a; do set -- "$@" "$a"; done < /vmm-args
 while IFS= read -r e; do [ -n "$e" ] && export "$e"; done < /vmm-env
 watcher=""
 if [ -f /control ] && [ -c /dev/ttyS1 ]; then
-    # control channel (--control): one command per line on ttyS1
-    stty -F /dev/ttyS1 -echo 2>/dev/null
+    # control channel (--control): one command per line on ttyS1, kept open from here on
+    # so nothing the host sends after "vmm-start" is lost to a port (re)initialisation
+    exec 3</dev/ttyS1
+    stty -echo <&3 2>/dev/null
     (
         while read -r cmd arg; do
             case "$cmd" in
@@ -186,7 +188,7 @@ if [ -f /control ] && [ -c /dev/ttyS1 ]; then
                 follow) (tail -n +1 -F "$arg" 2>/dev/null | while IFS= read -r l; do
                             echo "@@FILE $l"; done >/dev/ttyS0) & ;;
             esac
-        done </dev/ttyS1
+        done <&3
     ) &
     watcher=$!
 fi
@@ -194,7 +196,7 @@ tty_before="$(stty -g </dev/ttyS0 2>/dev/null)"
 echo "@@NESTED vmm-start"
 # in the foreground (a background job would start with SIGINT ignored); the pid is
 # recorded for the control channel
-sh -c 'echo $$ > /tmp/vmm.pid; exec "$0" "$@"' "$@" </dev/ttyS0 >/dev/ttyS0 2>&1
+sh -c 'echo $$ > /tmp/vmm.pid; exec "$0" "$@"' "$@" </dev/ttyS0 >/dev/ttyS0 2>&1 3<&-
 rc=$?
 tty_after="$(stty -g </dev/ttyS0 2>/dev/null)"
 stty sane </dev/ttyS0 2>/dev/null

@@ -742,8 +742,34 @@ impl GuestSession {
             .as_mut()
             .expect("session started with start_controlled");
         if stream.is_none() {
-            let c = std::os::unix::net::UnixStream::connect(&*path)
-                .unwrap_or_else(|e| panic!("control socket {}: {e}", path.display()));
+            // L1 reads the channel from before it starts the vmm; what is sent earlier
+            // could be lost while L1 boots.
+            let deadline = Instant::now() + boot_timeout(Mode::Nested);
+            let (lock, cv) = &*self.out;
+            let mut o = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !o.lines.iter().any(|l| l.text.contains(NESTED_START)) {
+                let now = Instant::now();
+                assert!(
+                    now < deadline && o.closed < 2,
+                    "no `{NESTED_START}` before a control command; last output lines:\n{}",
+                    tail(&o)
+                );
+                o = cv
+                    .wait_timeout(o, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            drop(o);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let c = loop {
+                match std::os::unix::net::UnixStream::connect(&*path) {
+                    Ok(c) => break c,
+                    Err(e) if Instant::now() >= deadline => {
+                        panic!("control socket {}: {e}", path.display())
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(100)),
+                }
+            };
             *stream = Some(c);
         }
         let c = stream.as_mut().expect("connected");
