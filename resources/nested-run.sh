@@ -5,12 +5,17 @@
 # Usage:
 #   nested-run.sh --vmm PATH --kernel L2_BZIMAGE --initramfs L2_INITRAMFS
 #                 [--l1-mem MiB (default 3072)] [--l1-smp N (default 2)]
-#                 [--file HOSTPATH:L1PATH]... [--keep] -- <remaining vmm args>
+#                 [--file HOSTPATH:L1PATH]... [--env NAME=VALUE]... [--control SOCKET]
+#                 [--keep] -- <remaining vmm args>
 #
 # Inside L1 this runs
 #   /vmm --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio.gz <remaining vmm args>
 # with stdin/stdout/stderr on L1's /dev/ttyS0, which is wired to this script's stdio.
-# L1 prints "@@NESTED vmm-start" before and "@@NESTED vmm-exit <status>" after the vmm.
+# L1 prints "@@NESTED vmm-start" before and "@@NESTED vmm-exit <status>" after the vmm, and
+# "@@NESTED tty restored" (or "tty changed") comparing ttyS0's settings before and after.
+# --env sets a variable for the vmm. --control: QEMU listens on the unix socket SOCKET,
+# wired to L1's ttyS1; L1 reads lines from it: "signal NAME" sends SIGNAME to the vmm,
+# "follow L1PATH" copies the lines of that file to the console as "@@FILE <line>".
 #
 # Exit status: the vmm's exit status; 120 if L1 never started the vmm (boot failure, no
 # /dev/kvm, ...); 121 if the vmm started but L1 died before reporting its exit status;
@@ -23,11 +28,11 @@ LOG_TAG=nested-run
 # shellcheck source=lib/common.sh
 . "$HERE/lib/common.sh"
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 bad() { printf '[nested-run] error: %s\n' "$*" >&2; exit 2; }
 
-VMM=""; L2_KERNEL=""; L2_INITRD=""; L1_MEM=3072; L1_SMP=2; KEEP=0
-FILES=()
+VMM=""; L2_KERNEL=""; L2_INITRD=""; L1_MEM=3072; L1_SMP=2; KEEP=0; CONTROL=""
+FILES=(); ENVS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --vmm) [ $# -ge 2 ] || bad "--vmm needs a value"; VMM="$2"; shift 2 ;;
@@ -36,6 +41,8 @@ while [ $# -gt 0 ]; do
         --l1-mem) [ $# -ge 2 ] || bad "--l1-mem needs a value"; L1_MEM="$2"; shift 2 ;;
         --l1-smp) [ $# -ge 2 ] || bad "--l1-smp needs a value"; L1_SMP="$2"; shift 2 ;;
         --file) [ $# -ge 2 ] || bad "--file needs a value"; FILES+=("$2"); shift 2 ;;
+        --env) [ $# -ge 2 ] || bad "--env needs a value"; ENVS+=("$2"); shift 2 ;;
+        --control) [ $# -ge 2 ] || bad "--control needs a value"; CONTROL="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --) shift; break ;;
         -h|--help) usage ;;
@@ -52,8 +59,11 @@ VMM_ARGS=("$@")
 [ -f "$L2_INITRD" ] || bad "--initramfs '$L2_INITRD' does not exist"
 [[ "$L1_MEM" =~ ^[0-9]+$ ]] || bad "--l1-mem must be a number of MiB"
 [[ "$L1_SMP" =~ ^[0-9]+$ ]] || bad "--l1-smp must be a number"
-for a in "${VMM_ARGS[@]+"${VMM_ARGS[@]}"}"; do
-    case "$a" in *$'\n'*) bad "vmm arguments must not contain newlines" ;; esac
+for a in "${VMM_ARGS[@]+"${VMM_ARGS[@]}"}" "${ENVS[@]+"${ENVS[@]}"}"; do
+    case "$a" in *$'\n'*) bad "vmm arguments and --env values must not contain newlines" ;; esac
+done
+for e in "${ENVS[@]+"${ENVS[@]}"}"; do
+    [[ "$e" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || bad "--env '$e' must be NAME=VALUE"
 done
 
 L1_KERNEL="$GUEST_DIR/vmlinuz"
@@ -135,6 +145,12 @@ done
 # ---- vmm argv: one per line, rebuilt by /init
 printf '%s\n' /vmm --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio.gz \
     "${VMM_ARGS[@]+"${VMM_ARGS[@]}"}" > "$ROOT/vmm-args"
+printf '%s\n' "${ENVS[@]+"${ENVS[@]}"}" > "$ROOT/vmm-env"
+CTL_QEMU=()
+if [ -n "$CONTROL" ]; then
+    : > "$ROOT/control"
+    CTL_QEMU=(-chardev "socket,id=ctl,path=$CONTROL,server=on,wait=off" -serial chardev:ctl)
+fi
 
 cat > "$ROOT/init" <<'INIT'
 #!/bin/sh
@@ -158,11 +174,35 @@ while [ ! -c /dev/kvm ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 [ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading the kvm modules (no SVM in L1 CPU?)"
 set --
 while IFS= read -r a; do set -- "$@" "$a"; done < /vmm-args
+while IFS= read -r e; do [ -n "$e" ] && export "$e"; done < /vmm-env
+watcher=""
+if [ -f /control ] && [ -c /dev/ttyS1 ]; then
+    # control channel (--control): one command per line on ttyS1, kept open from here on
+    # so nothing the host sends after "vmm-start" is lost to a port (re)initialisation
+    exec 3</dev/ttyS1
+    stty -echo <&3 2>/dev/null
+    (
+        while read -r cmd arg; do
+            case "$cmd" in
+                signal) [ -s /tmp/vmm.pid ] && kill -s "$arg" "$(cat /tmp/vmm.pid)" ;;
+                follow) (tail -n +1 -F "$arg" 2>/dev/null | while IFS= read -r l; do
+                            echo "@@FILE $l"; done >/dev/ttyS0) & ;;
+            esac
+        done <&3
+    ) &
+    watcher=$!
+fi
+tty_before="$(stty -g </dev/ttyS0 2>/dev/null)"
 echo "@@NESTED vmm-start"
-"$@" </dev/ttyS0 >/dev/ttyS0 2>&1
+# in the foreground (a background job would start with SIGINT ignored); the pid is
+# recorded for the control channel
+sh -c 'echo $$ > /tmp/vmm.pid; exec "$0" "$@"' "$@" </dev/ttyS0 >/dev/ttyS0 2>&1 3<&-
 rc=$?
+tty_after="$(stty -g </dev/ttyS0 2>/dev/null)"
 stty sane </dev/ttyS0 2>/dev/null
+[ -n "$watcher" ] && kill "$watcher" 2>/dev/null
 echo
+if [ "$tty_before" = "$tty_after" ]; then echo "@@NESTED tty restored"; else echo "@@NESTED tty changed"; fi
 echo "@@NESTED vmm-exit $rc"
 poweroff -f
 INIT
@@ -183,6 +223,7 @@ set +e
     -kernel "$L1_KERNEL" -initrd "$WORK/l1-initramfs.cpio" \
     -append "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init" \
     -chardev "stdio,id=c0,signal=off,logfile=$SERIAL_LOG" -serial chardev:c0 \
+    "${CTL_QEMU[@]+"${CTL_QEMU[@]}"}" \
     -monitor none -display none -nodefaults -no-reboot
 qrc=$?
 set -e

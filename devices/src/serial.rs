@@ -1,7 +1,9 @@
 //! 16550A UART on an IOAPIC pin, built on vm-superio's serial model.
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use log::warn;
 use vm_device::bus::PioAddress;
@@ -112,6 +114,145 @@ impl DevicePio for SerialPort {
     }
 }
 
+/// Default capacity of a [`SerialOutput`] buffer.
+pub const OUTPUT_BUFFER_BYTES: usize = 256 << 10;
+
+#[derive(Default)]
+struct OutputRing {
+    buf: VecDeque<u8>,
+    capacity: usize,
+    /// Bytes that did not fit (the sink stalled) or that the sink refused.
+    dropped: u64,
+    /// The writer thread holds a chunk it has not finished writing.
+    writing: bool,
+}
+
+type OutputShared = Arc<(Mutex<OutputRing>, Condvar)>;
+
+/// Guest serial output on its way to a host sink (stdout or a file) without ever blocking
+/// the vCPU: writes go into a bounded buffer that a writer thread drains; when the sink
+/// stalls and the buffer is full, further bytes are dropped and counted.
+pub struct SerialOutput {
+    shared: OutputShared,
+}
+
+/// The control side of a [`SerialOutput`]: drop counter and drain at exit.
+#[derive(Clone)]
+pub struct SerialOutputHandle {
+    shared: OutputShared,
+}
+
+fn lock_ring(shared: &OutputShared) -> std::sync::MutexGuard<'_, OutputRing> {
+    shared.0.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SerialOutput {
+    /// Starts the writer thread (`serial-out`) that moves buffered output to `sink`.
+    pub fn spawn(
+        mut sink: Box<dyn Write + Send>,
+        capacity: usize,
+    ) -> std::io::Result<(SerialOutput, SerialOutputHandle)> {
+        let shared: OutputShared = Arc::new((
+            Mutex::new(OutputRing {
+                capacity: capacity.max(1),
+                ..Default::default()
+            }),
+            Condvar::new(),
+        ));
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("serial-out".into())
+            .spawn(move || {
+                crate::worker::thread_started("serial-out");
+                let mut chunk = Vec::with_capacity(4096);
+                loop {
+                    {
+                        let (lock, cv) = &*s;
+                        let mut r = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        r.writing = false;
+                        cv.notify_all();
+                        while r.buf.is_empty() {
+                            // The last SerialOutput is gone and nothing is left: done.
+                            if Arc::strong_count(&s) == 1 {
+                                return;
+                            }
+                            r = cv
+                                .wait_timeout(r, Duration::from_millis(200))
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0;
+                        }
+                        let n = r.buf.len().min(4096);
+                        chunk.clear();
+                        chunk.extend(r.buf.drain(..n));
+                        r.writing = true;
+                    }
+                    if sink.write_all(&chunk).and_then(|_| sink.flush()).is_err() {
+                        lock_ring(&s).dropped += chunk.len() as u64;
+                    }
+                }
+            })?;
+        Ok((
+            SerialOutput {
+                shared: shared.clone(),
+            },
+            SerialOutputHandle { shared },
+        ))
+    }
+}
+
+impl Write for SerialOutput {
+    /// Never blocks on the sink and never fails: what does not fit is counted as dropped.
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let (lock, cv) = &*self.shared;
+        let mut r = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let room = r.capacity.saturating_sub(r.buf.len());
+        let take = room.min(data.len());
+        r.buf.extend(&data[..take]);
+        r.dropped += (data.len() - take) as u64;
+        if take > 0 {
+            cv.notify_all();
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SerialOutputHandle {
+    /// Bytes of guest output dropped so far.
+    pub fn dropped(&self) -> u64 {
+        lock_ring(&self.shared).dropped
+    }
+
+    /// Bytes waiting for the sink.
+    pub fn buffered(&self) -> usize {
+        lock_ring(&self.shared).buf.len()
+    }
+
+    /// Waits until everything buffered reached the sink or `timeout` passed (a stalled
+    /// sink must not hold up the exit); returns whether all output was written.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.shared;
+        let mut r = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if r.buf.is_empty() && !r.writing {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            r = cv
+                .wait_timeout(r, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +325,113 @@ mod tests {
         port.pio_read(PioAddress(COM1_PORT), 9, &mut b);
         assert_eq!(b, [0xff, 0xff]);
         assert!(out.lock().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A sink that blocks every write until opened, like a stalled terminal.
+    struct GatedSink {
+        entered: mpsc::Sender<()>,
+        open: Arc<(Mutex<bool>, Condvar)>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for GatedSink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
+            let (lock, cv) = &*self.open;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            self.out.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn stalled_sink_drops_beyond_capacity_and_counts_them() {
+        let (tx, rx) = mpsc::channel();
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = GatedSink {
+            entered: tx,
+            open: open.clone(),
+            out: out.clone(),
+        };
+        let (mut w, h) = SerialOutput::spawn(Box::new(sink), 16).unwrap();
+        // The writer thread takes "a" and blocks in the sink.
+        assert_eq!(w.write(b"a").unwrap(), 1);
+        rx.recv().unwrap();
+        // 16 bytes fit, 4 are dropped; the write itself neither blocks nor fails.
+        assert_eq!(w.write(&[b'b'; 20]).unwrap(), 20);
+        assert_eq!(h.dropped(), 4);
+        assert_eq!(h.buffered(), 16);
+        assert!(!h.drain(Duration::from_millis(1)), "sink still stalled");
+        // The sink resumes: everything that was kept arrives, in order.
+        *open.0.lock().unwrap() = true;
+        open.1.notify_all();
+        assert!(h.drain(Duration::from_secs(60)));
+        let mut want = b"a".to_vec();
+        want.extend_from_slice(&[b'b'; 16]);
+        assert_eq!(*out.lock().unwrap(), want);
+        assert_eq!(h.dropped(), 4);
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn failing_sink_counts_output_as_dropped() {
+        let (mut w, h) = SerialOutput::spawn(Box::new(Broken), 64).unwrap();
+        w.write_all(b"hello").unwrap();
+        assert!(h.drain(Duration::from_secs(60)));
+        assert_eq!(h.dropped(), 5);
+    }
+
+    #[test]
+    fn serial_port_output_goes_through_the_buffer() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (w, h) = SerialOutput::spawn(Box::new(Shared(out.clone())), 1024).unwrap();
+        let hier = interrupt::InterruptHierarchy::new(
+            Arc::new(interrupt::KvmVectorLayer::new(
+                Arc::new(interrupt::RecordingBackend::default()),
+                24,
+                4096,
+            )),
+            Arc::new(interrupt::NoRemap),
+        );
+        let io = Arc::new(Ioapic::new(0, &hier));
+        let ev = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let port = SerialPort::new(IoapicPin::new(io, COM1_PIN), ev, Box::new(w));
+        for b in b"line\n" {
+            port.pio_write(PioAddress(COM1_PORT), 0, &[*b]);
+        }
+        assert!(h.drain(Duration::from_secs(60)));
+        assert_eq!(&*out.lock().unwrap(), b"line\n");
     }
 }

@@ -280,6 +280,8 @@ pub struct GuestSession {
     spawned: Instant,
     readers: Vec<JoinHandle<()>>,
     exit: Option<i32>,
+    /// Nested mode with `start_controlled`: the control socket and its connection.
+    control: Option<(PathBuf, Option<std::os::unix::net::UnixStream>)>,
 }
 
 impl GuestSession {
@@ -316,6 +318,7 @@ impl GuestSession {
             spawned,
             readers,
             exit: None,
+            control: None,
         })
     }
 
@@ -515,6 +518,9 @@ impl Drop for GuestSession {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
+        if let Some(dir) = self.control.as_ref().and_then(|(p, _)| p.parent()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -679,5 +685,166 @@ impl GuestSession {
             .rposition(|l| l.contains(&echo_tag))
             .map_or(0, |i| i + 1);
         lines[start..end].to_vec()
+    }
+}
+
+/// Marker of a line copied from a followed file (`GuestSession::follow_file`).
+pub const FILE_LINE: &str = "@@FILE ";
+
+impl GuestSession {
+    /// Like `start_with`, with `env` set for the vmm and a way to signal it
+    /// (`signal`) and follow files it writes (`follow_file`): in nested mode through
+    /// nested-run.sh's `--env` and `--control` socket, in direct mode through a wrapper
+    /// script that execs the vmm (same pid) and the host file system.
+    pub fn start_controlled(
+        cfg: &SessionConfig,
+        env: &[(&str, &str)],
+    ) -> Result<GuestSession, String> {
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = env::temp_dir().join(format!("vmm-ctl-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut cfg = cfg.clone();
+        let control = dir.join("ctl.sock");
+        match cfg.mode {
+            Mode::Nested => {
+                for (k, v) in env {
+                    cfg.nested_args.push("--env".into());
+                    cfg.nested_args.push(format!("{k}={v}"));
+                }
+                cfg.nested_args.push("--control".into());
+                cfg.nested_args.push(control.to_string_lossy().into_owned());
+            }
+            Mode::Direct if !env.is_empty() => {
+                let mut script = String::from("#!/bin/sh\n");
+                for (k, v) in env {
+                    script.push_str(&format!("export {k}='{v}'\n"));
+                }
+                script.push_str(&format!("exec '{}' \"$@\"\n", cfg.vmm.display()));
+                let wrapper = dir.join("vmm-env.sh");
+                std::fs::write(&wrapper, script).map_err(|e| e.to_string())?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| e.to_string())?;
+                cfg.vmm = wrapper;
+            }
+            Mode::Direct => {}
+        }
+        let mut s = Self::start_with(&cfg)?;
+        s.control = Some((control, None));
+        Ok(s)
+    }
+
+    fn control_line(&mut self, line: &str) {
+        let (path, stream) = self
+            .control
+            .as_mut()
+            .expect("session started with start_controlled");
+        if stream.is_none() {
+            // L1 reads the channel from before it starts the vmm; what is sent earlier
+            // could be lost while L1 boots.
+            let deadline = Instant::now() + boot_timeout(Mode::Nested);
+            let (lock, cv) = &*self.out;
+            let mut o = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while !o.lines.iter().any(|l| l.text.contains(NESTED_START)) {
+                let now = Instant::now();
+                assert!(
+                    now < deadline && o.closed < 2,
+                    "no `{NESTED_START}` before a control command; last output lines:\n{}",
+                    tail(&o)
+                );
+                o = cv
+                    .wait_timeout(o, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            drop(o);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let c = loop {
+                match std::os::unix::net::UnixStream::connect(&*path) {
+                    Ok(c) => break c,
+                    Err(e) if Instant::now() >= deadline => {
+                        panic!("control socket {}: {e}", path.display())
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(100)),
+                }
+            };
+            *stream = Some(c);
+        }
+        let c = stream.as_mut().expect("connected");
+        c.write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| c.flush())
+            .unwrap_or_else(|e| panic!("writing to the control socket: {e}"));
+    }
+
+    /// Sends signal `name` (e.g. "USR1", "TERM") to the vmm process.
+    pub fn signal(&mut self, name: &str) {
+        eprintln!(
+            "[{:7.2}s] >>> (signal {name})",
+            self.spawned.elapsed().as_secs_f64()
+        );
+        match self.mode {
+            Mode::Nested => self.control_line(&format!("signal {name}")),
+            Mode::Direct => {
+                let ok = Command::new("kill")
+                    .args(["-s", name, &self.child.id().to_string()])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "kill -s {name} {} failed", self.child.id());
+            }
+        }
+    }
+
+    /// Copies the lines of `path` (a file the vmm writes; in nested mode a path inside L1)
+    /// into the session output as `@@FILE <line>`, from its start and as it grows.
+    pub fn follow_file(&mut self, path: &str) {
+        match self.mode {
+            Mode::Nested => self.control_line(&format!("follow {path}")),
+            Mode::Direct => {
+                let out = self.out.clone();
+                let path = PathBuf::from(path);
+                let t0 = self.spawned;
+                thread::spawn(move || {
+                    let mut done = 0usize;
+                    let mut pending = Vec::new();
+                    loop {
+                        let closed = out.0.lock().map(|o| o.closed == 2).unwrap_or(true);
+                        let data = std::fs::read(&path).unwrap_or_default();
+                        if data.len() > done {
+                            pending.extend_from_slice(&data[done..]);
+                            done = data.len();
+                            let (lock, cv) = &*out;
+                            let mut o = lock.lock().unwrap_or_else(|e| e.into_inner());
+                            while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                                let text = format!("{FILE_LINE}{}", clean(&pending[..pos]));
+                                pending.drain(..=pos);
+                                eprintln!("[{:7.2}s] {text}", t0.elapsed().as_secs_f64());
+                                push_line(&mut o, Stream::Stdout, text);
+                            }
+                            cv.notify_all();
+                        }
+                        if closed {
+                            return;
+                        }
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+        }
+    }
+
+    /// Writes raw bytes (no newline added) into the guest console, e.g. control keys.
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        eprintln!(
+            "[{:7.2}s] >>> (bytes {b:02x?})",
+            self.spawned.elapsed().as_secs_f64()
+        );
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin
+            .write_all(b)
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing to the vmm's stdin: {e}"));
     }
 }

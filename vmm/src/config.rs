@@ -181,8 +181,11 @@ impl DeviceConfig {
     name = "vmm",
     version,
     about = "Boot a Linux guest on KVM",
-    after_help = "Exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted, \
-                  130 SIGINT, 143 SIGTERM.\nSIGUSR1 prints the interrupt hierarchy to stderr."
+    after_help = "Exit status: 0 guest powered off, 1 VMM error (or a panic), 2 usage error, \
+                  3 guest rebooted, 129 SIGHUP, 130 SIGINT or console escape Ctrl-A x, \
+                  143 SIGTERM.\nSIGUSR1 prints the interrupt hierarchy to stderr.\n\
+                  Console on a terminal: Ctrl-C goes to the guest; Ctrl-A x ends the VMM, \
+                  Ctrl-A Ctrl-A sends Ctrl-A."
 )]
 pub struct Cli {
     /// Linux kernel (bzImage).

@@ -9,6 +9,7 @@ pub mod boot;
 pub mod config;
 pub mod cpu;
 pub mod layout;
+pub mod lifecycle;
 pub mod movdir64b;
 pub mod seccomp;
 pub mod terminal;

@@ -1,7 +1,8 @@
 //! `vmm`: boot a Linux guest on KVM from the command line.
 //!
-//! Exit status: 0 guest powered off, 1 VMM error, 2 usage error, 3 guest rebooted,
-//! 128+N terminated by signal N (SIGINT, SIGTERM).
+//! Exit status: 0 guest powered off, 1 VMM error (also a panic in any thread), 2 usage
+//! error, 3 guest rebooted, 128+N ended by signal N (SIGHUP 129, SIGINT 130, SIGTERM 143),
+//! 130 console escape Ctrl-A x.
 
 use std::process::ExitCode;
 
@@ -9,10 +10,13 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 use vmm::config::{Cli, VmConfig};
+use vmm::lifecycle;
 use vmm::vm::{ExitReason, Vm};
 
 /// Exit status when the guest rebooted.
 const EXIT_REBOOT: u8 = 3;
+/// Exit status after the console escape Ctrl-A x (as for Ctrl-C: ended by the user).
+const EXIT_QUIT: u8 = 130;
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
@@ -33,6 +37,12 @@ fn raise_fd_limit() {
 }
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: every thread created later inherits the mask,
+    // so the handled signals only ever arrive through the main loop's signalfd.
+    if let Err(e) = lifecycle::block_handled_signals() {
+        return fail(1, format_args!("cannot block signals: {e}"));
+    }
+    lifecycle::install_panic_hook();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
@@ -58,6 +68,7 @@ fn main() -> ExitCode {
         Ok(ExitReason::PowerOff) => ExitCode::SUCCESS,
         Ok(ExitReason::Reboot) => ExitCode::from(EXIT_REBOOT),
         Ok(ExitReason::Signal(s)) => ExitCode::from(128u8.saturating_add(s as u8)),
+        Ok(ExitReason::Quit) => ExitCode::from(EXIT_QUIT),
         Ok(ExitReason::Error(msg)) => fail(1, msg),
         Err(e) => fail(1, e),
     }

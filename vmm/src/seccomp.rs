@@ -203,7 +203,7 @@ pub fn vcpu_rules() -> Rules {
     r
 }
 
-/// Device worker threads (DSA descriptor processing): guest memory is mapped already, so
+/// Device worker threads (DSA descriptor processing, the serial output writer): guest memory is mapped already, so
 /// locks, interrupt delivery and logging are all they need.
 pub fn worker_rules() -> Rules {
     common_rules()

@@ -1,9 +1,8 @@
 //! Building and running a VM: KVM setup, devices, vCPU threads and the main event loop.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -31,7 +30,10 @@ use devices::ioapic::{
 };
 use devices::irqtest::IrqTest;
 use devices::power::{GuestEvent, I8042Port, PowerManagement, ResetControlPort, SleepControlPort};
-use devices::serial::{IoapicPin, SerialPort, COM1_PIN, COM1_PORT};
+use devices::serial::{
+    IoapicPin, SerialOutput, SerialOutputHandle, SerialPort, COM1_PIN, COM1_PORT,
+    OUTPUT_BUFFER_BYTES,
+};
 use interrupt::{
     InterruptHierarchy, KvmVectorLayer, NoRemap, RequesterId, VectorLayer, VtdConfig, VtdUnit,
 };
@@ -42,9 +44,10 @@ use crate::boot::{self, BootError};
 use crate::config::{DeviceConfig, IommuKind, SerialMode, VmConfig};
 use crate::cpu::{self, CpuError};
 use crate::layout::*;
+use crate::lifecycle::{test_panic, SignalFd};
 use crate::movdir64b;
 use crate::seccomp::{Sandbox, SeccompError, ThreadKind};
-use crate::terminal::RawTerminal;
+use crate::terminal::{EscapeAction, InputQueue, RawTerminal};
 
 /// Number of IOAPIC pins reserved in KVM's split irqchip (GSIs 0..24).
 const IOAPIC_PINS: u32 = devices::ioapic::NUM_PINS as u32;
@@ -58,6 +61,8 @@ pub enum ExitReason {
     Reboot,
     /// The VMM received a terminating signal.
     Signal(i32),
+    /// The user typed the console escape sequence (Ctrl-A x).
+    Quit,
     /// A vCPU failed.
     Error(String),
 }
@@ -168,6 +173,7 @@ pub struct Vm {
     io: Arc<IoManager>,
     ioapic: Arc<Ioapic>,
     serial: Option<Arc<SerialPort>>,
+    serial_out: Option<SerialOutputHandle>,
     serial_input_ready: EventFd,
     hierarchy: Arc<InterruptHierarchy>,
     exit: Arc<ExitSignal>,
@@ -336,6 +342,7 @@ impl Vm {
             .map_err(reg_err)?;
 
         let serial_input_ready = EventFd::new(EFD_NONBLOCK).map_err(host_err("eventfd"))?;
+        let mut serial_out = None;
         let serial = match &config.serial {
             SerialMode::Off => None,
             mode => {
@@ -360,12 +367,17 @@ impl Vm {
                         Box::new(unsafe { File::from_raw_fd(fd) })
                     }
                 };
+                // Guest output never waits for the host: a bounded buffer and a writer
+                // thread sit between the UART and stdout or the file.
+                let (out, handle) = SerialOutput::spawn(out, OUTPUT_BUFFER_BYTES)
+                    .map_err(host_err("spawning the serial output thread"))?;
+                serial_out = Some(handle);
                 let port = Arc::new(SerialPort::new(
                     IoapicPin::new(ioapic.clone(), COM1_PIN),
                     serial_input_ready
                         .try_clone()
                         .map_err(host_err("eventfd"))?,
-                    out,
+                    Box::new(out),
                 ));
                 io.register_pio(prange(COM1_PORT, 8)?, port.clone())
                     .map_err(reg_err)?;
@@ -520,6 +532,7 @@ impl Vm {
             io: Arc::new(io),
             ioapic,
             serial,
+            serial_out,
             serial_input_ready,
             hierarchy,
             exit,
@@ -534,11 +547,11 @@ impl Vm {
         &self.hierarchy
     }
 
-    /// Runs the VM until the guest powers off or reboots, a vCPU fails, or a terminating
-    /// signal arrives.
+    /// Runs the VM until the guest powers off or reboots, a vCPU fails, a terminating
+    /// signal arrives or the user types the console escape (Ctrl-A x).
     pub fn run(mut self) -> Result<ExitReason, VmError> {
-        let signals = SignalFd::new(&[libc::SIGINT, libc::SIGTERM, libc::SIGUSR1])
-            .map_err(host_err("signalfd"))?;
+        // The signals are blocked since the start of main (lifecycle::block_handled_signals).
+        let signals = SignalFd::new().map_err(host_err("signalfd"))?;
         for (id, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let io = self.io.clone();
             let ioapic = self.ioapic.clone();
@@ -549,9 +562,14 @@ impl Vm {
             thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
+                    // Whatever way this thread ends, the VM does not keep running without it.
+                    let _guard = VcpuExitGuard { id, exit: &exit };
                     if let Err(e) = sandbox.apply(ThreadKind::Vcpu, &format!("vcpu{id}")) {
                         exit.raise(ExitReason::Error(e.to_string()));
                         return;
+                    }
+                    if id == 0 {
+                        test_panic("vcpu");
                     }
                     run_vcpu(id, vcpu, &io, &ioapic, &exit, &mem)
                 })
@@ -559,7 +577,7 @@ impl Vm {
         }
 
         let tty = matches!(self.config.serial, SerialMode::Tty);
-        let _raw = if tty { RawTerminal::enter(0) } else { None };
+        let raw = if tty { RawTerminal::enter(0) } else { None };
         let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(|e| VmError::Device(format!("event manager: {e:?}")))?;
         if let (true, Some(serial)) = (tty, &self.serial) {
@@ -569,16 +587,22 @@ impl Vm {
                     .serial_input_ready
                     .try_clone()
                     .map_err(host_err("eventfd"))?,
-                pending: VecDeque::new(),
+                // The escape sequence only on an interactive terminal; piped input is
+                // passed through unchanged.
+                input: InputQueue::new(CONSOLE_PENDING_MAX, raw.is_some()),
+                exit: self.exit.clone(),
+                stdin_paused: false,
             })));
         }
         em.add_subscriber(Arc::new(Mutex::new(Control {
             signals,
             exit: self.exit.clone(),
             hierarchy: self.hierarchy.clone(),
+            serial_out: self.serial_out.clone(),
         })));
         // Every thread exists now: confine the control loop.
         self.sandbox.apply(ThreadKind::Main, "main")?;
+        test_panic("main");
         let reason = loop {
             if let Err(e) = em.run() {
                 warn!("event loop: {e:?}");
@@ -587,14 +611,38 @@ impl Vm {
                 break r;
             }
         };
-        if let Some(s) = &self.serial {
-            s.flush();
+        if let Some(out) = &self.serial_out {
+            // A stalled stdout must not hold up the exit: what is left counts as dropped.
+            let drained = out.drain(SERIAL_DRAIN_TIMEOUT);
+            let lost = out.dropped() + if drained { 0 } else { out.buffered() as u64 };
+            if lost > 0 {
+                warn!("serial: {lost} bytes of guest output dropped (output stalled)");
+            }
         }
-        drop(_raw);
+        drop(raw);
         if self.config.print_interrupts {
             eprint!("{}", self.hierarchy.render());
         }
         Ok(reason)
+    }
+}
+
+/// How long the exit waits for buffered guest output to reach a slow stdout or file.
+const SERIAL_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Ends the VM when a vCPU thread ends for any reason (returns after raising its own exit
+/// reason, or unwinds): first exit reason wins, so this only matters when none was raised.
+struct VcpuExitGuard<'a> {
+    id: usize,
+    exit: &'a ExitSignal,
+}
+
+impl Drop for VcpuExitGuard<'_> {
+    fn drop(&mut self) {
+        self.exit.raise(ExitReason::Error(format!(
+            "vcpu{} stopped unexpectedly",
+            self.id
+        )));
     }
 }
 
@@ -811,21 +859,62 @@ fn run_vcpu(
     }
 }
 
-/// Moves host input to the serial port, holding back what does not fit in its FIFO.
+/// Most host input held back for the guest; beyond this stdin is not read until the guest
+/// drains its receive FIFO (back-pressure instead of unbounded buffering).
+const CONSOLE_PENDING_MAX: usize = 4096;
+
+/// Moves host input to the serial port, holding back what does not fit in its FIFO, and
+/// watches an interactive terminal for the escape sequence.
 struct Console {
     serial: Arc<SerialPort>,
     ready: EventFd,
-    pending: VecDeque<u8>,
+    input: InputQueue,
+    exit: Arc<ExitSignal>,
+    /// stdin is not polled while `input` is full.
+    stdin_paused: bool,
 }
 
 impl Console {
     fn push(&mut self) {
-        while !self.pending.is_empty() {
-            let n = self.serial.enqueue_input(self.pending.as_slices().0);
+        while !self.input.is_empty() {
+            let n = self.serial.enqueue_input(self.input.front());
             if n == 0 {
                 break;
             }
-            self.pending.drain(..n);
+            self.input.consume(n);
+        }
+    }
+
+    /// Reads what fits in the input queue from stdin; false on EOF or error.
+    fn read_stdin(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        let want = self.input.room().min(buf.len());
+        if want == 0 {
+            return true;
+        }
+        // SAFETY: reads into a stack buffer of at least `want` bytes.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), want) };
+        if n <= 0 {
+            return false;
+        }
+        if self.input.accept(&buf[..n as usize]) == EscapeAction::Quit {
+            self.exit.raise(ExitReason::Quit);
+        }
+        true
+    }
+
+    /// Polls stdin only while there is room for its input.
+    fn update_stdin_interest(&mut self, ops: &mut EventOps) {
+        let full = self.input.room() == 0;
+        if full != self.stdin_paused {
+            let set = if full {
+                EventSet::empty()
+            } else {
+                EventSet::IN
+            };
+            if ops.modify(Events::new_raw(0, set)).is_ok() {
+                self.stdin_paused = full;
+            }
         }
     }
 }
@@ -833,19 +922,16 @@ impl Console {
 impl MutEventSubscriber for Console {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         if events.fd() == 0 {
-            let mut buf = [0u8; 256];
-            // SAFETY: reads into a stack buffer of the given length.
-            let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
+            if !self.read_stdin() {
                 // EOF or error: stop watching stdin; the guest keeps running.
                 let _ = ops.remove(Events::empty_raw(0));
                 return;
             }
-            self.pending.extend(&buf[..n as usize]);
         } else {
             let _ = self.ready.read();
         }
         self.push();
+        self.update_stdin_interest(ops);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -864,6 +950,7 @@ struct Control {
     signals: SignalFd,
     exit: Arc<ExitSignal>,
     hierarchy: Arc<InterruptHierarchy>,
+    serial_out: Option<SerialOutputHandle>,
 }
 
 impl MutEventSubscriber for Control {
@@ -874,67 +961,27 @@ impl MutEventSubscriber for Control {
         }
         while let Some(sig) = self.signals.read() {
             match sig {
-                libc::SIGUSR1 => eprint!("{}", self.hierarchy.render()),
+                libc::SIGUSR1 => {
+                    let mut dump = self.hierarchy.render();
+                    if let Some(out) = &self.serial_out {
+                        dump.push_str(&format!(
+                            "serial output: {} bytes dropped, {} buffered\n",
+                            out.dropped(),
+                            out.buffered()
+                        ));
+                    }
+                    eprint!("{dump}");
+                }
                 s => self.exit.raise(ExitReason::Signal(s)),
             }
         }
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [self.exit.evt.as_raw_fd(), self.signals.fd] {
+        for fd in [self.exit.evt.as_raw_fd(), self.signals.fd()] {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 warn!("cannot watch control fd: {e:?}");
             }
-        }
-    }
-}
-
-/// A signalfd for a set of signals, which are blocked for the whole process (the mask is
-/// inherited by threads created afterwards).
-struct SignalFd {
-    fd: RawFd,
-}
-
-impl SignalFd {
-    fn new(signals: &[i32]) -> std::io::Result<Self> {
-        // SAFETY: plain libc calls on a sigset we own; the fd is owned by the returned value.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for &s in signals {
-                libc::sigaddset(&mut set, s);
-            }
-            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(Self { fd })
-        }
-    }
-
-    fn read(&self) -> Option<i32> {
-        // SAFETY: reads one siginfo record into a zeroed struct of the right size.
-        unsafe {
-            let mut info: libc::signalfd_siginfo = std::mem::zeroed();
-            let n = libc::read(
-                self.fd,
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                std::mem::size_of::<libc::signalfd_siginfo>(),
-            );
-            (n == std::mem::size_of::<libc::signalfd_siginfo>() as isize)
-                .then_some(info.ssi_signo as i32)
-        }
-    }
-}
-
-impl Drop for SignalFd {
-    fn drop(&mut self) {
-        // SAFETY: closes the descriptor this value owns.
-        unsafe {
-            libc::close(self.fd);
         }
     }
 }
