@@ -3,8 +3,8 @@
 //!
 //! `--seccomp on` (default) answers a syscall outside the list with `SECCOMP_RET_TRAP`: a
 //! SIGSYS handler writes one line, `error: seccomp: thread NAME made forbidden syscall N`,
-//! with write(2) and ends the VMM with `_exit(1)` (the raw terminal is not restored on this
-//! path: run `reset` if the console was in raw mode). `--seccomp log` lets the call through
+//! with write(2) and ends the VMM with `_exit(1)`, after putting back the terminal settings
+//! if the console was in raw mode. `--seccomp log` lets the call through
 //! and the host kernel logs it (`SECCOMP_RET_LOG`: an audit record `type=1326 ... syscall=N`
 //! in the host's kernel log). `--seccomp off` installs nothing.
 //!
@@ -413,6 +413,7 @@ extern "C" fn sigsys_handler(
     let name = THREAD_NAME.with(|c| c.get());
     let mut buf = [0u8; 160];
     let len = format_report(&name, syscall, &mut buf);
+    crate::terminal::restore_from_signal_handler();
     // SAFETY: write(2) and _exit(2) are async-signal-safe and on every allow-list.
     unsafe {
         libc::write(2, buf.as_ptr().cast(), len);

@@ -2,11 +2,15 @@
 //! exit path) and the escape sequence that ends the VMM.
 
 use std::os::fd::RawFd;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// The settings to put back: the terminal in raw mode and its saved termios. A process has
 /// one stdin, so one slot is enough; the panic hook restores it through [`restore_saved`].
 static SAVED: Mutex<Option<(RawFd, libc::termios)>> = Mutex::new(None);
+
+/// The first settings saved by [`RawTerminal::enter`], readable without a lock, for signal
+/// handlers that end the process (see [`restore_from_signal_handler`]).
+static SAVED_FOR_SIGNALS: OnceLock<(RawFd, libc::termios)> = OnceLock::new();
 
 /// The raw-mode settings derived from `saved`: no echo, no line editing, no signal keys
 /// (Ctrl-C, Ctrl-Z, Ctrl-\ go to the guest, as in QEMU and cloud-hypervisor), but output
@@ -48,6 +52,7 @@ impl RawTerminal {
                 return None;
             }
             *slot = Some((fd, saved));
+            let _ = SAVED_FOR_SIGNALS.set((fd, saved));
             Some(Self { fd, saved })
         }
     }
@@ -80,6 +85,18 @@ pub fn restore_saved() -> SavedTerminalGuard {
         }
     }
     slot
+}
+
+/// Puts back the terminal settings saved when raw mode was first entered, if it ever was.
+/// Async-signal-safe (an atomic load and `tcsetattr`): for handlers that end the process,
+/// such as the seccomp SIGSYS report. Restoring settings already in force is harmless.
+pub fn restore_from_signal_handler() {
+    if let Some((fd, saved)) = SAVED_FOR_SIGNALS.get() {
+        // SAFETY: tcsetattr is async-signal-safe; the struct is immutable once set.
+        unsafe {
+            libc::tcsetattr(*fd, libc::TCSANOW, saved);
+        }
+    }
 }
 
 /// The escape key: Ctrl-A, as in QEMU's `-serial mon:stdio`.
