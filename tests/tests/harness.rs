@@ -5,7 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tests::{assets, boot_lock, probe_mode, GuestSession, Mode, SessionConfig, NESTED_START};
+use std::cell::Cell;
+use std::panic;
+
+use tests::{
+    assets, boot_lock, probe_mode, take_l1_deaths, with_l1_retry, GuestSession, Mode,
+    SessionConfig, NESTED_START,
+};
 
 const STANDIN: &str = r#"#!/bin/sh
 echo "standin: argc=$#"
@@ -18,20 +24,32 @@ echo "standin: got [$line]"
 exit 7
 "#;
 
+/// A stand-in that crashes L1 (sysrq `c` panics the kernel; L1 boots with `panic=-1` under
+/// QEMU `-no-reboot`, so QEMU exits 0 and nested-run.sh 121).
+const CRASH_L1: &str = r#"#!/bin/sh
+echo "standin: crashing L1"
+echo c > /proc/sysrq-trigger
+sleep 60
+"#;
+
 fn standin() -> PathBuf {
+    write_standin("vmm-standin.sh", STANDIN)
+}
+
+fn write_standin(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vmm-standin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("vmm-standin.sh");
-    std::fs::write(&p, STANDIN).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
 }
 
-fn run_standin(mode: Mode, kernel: PathBuf, initramfs: PathBuf, timeout: Duration) {
-    let cfg = SessionConfig {
+fn standin_config(mode: Mode, vmm: PathBuf, kernel: PathBuf, initramfs: PathBuf) -> SessionConfig {
+    SessionConfig {
         mode,
-        vmm: standin(),
+        vmm,
         kernel,
         initramfs,
         args: vec![
@@ -41,7 +59,11 @@ fn run_standin(mode: Mode, kernel: PathBuf, initramfs: PathBuf, timeout: Duratio
             "size=512M".into(),
         ],
         nested_args: vec![],
-    };
+    }
+}
+
+fn run_standin(mode: Mode, kernel: PathBuf, initramfs: PathBuf, timeout: Duration) {
+    let cfg = standin_config(mode, standin(), kernel, initramfs);
     let mut s = GuestSession::start_with(&cfg).unwrap();
     s.wait_for("standin: argc=8", timeout).unwrap();
     s.wait_for("standin: arg=[console=ttyS0 quiet]", timeout)
@@ -75,6 +97,24 @@ fn harness_direct_standin() {
     );
 }
 
+/// A failure without an L1 death is not retried (nor is a panic of the second attempt).
+#[test]
+fn l1_retry_only_after_an_l1_death() {
+    let runs = Cell::new(0);
+    let r = panic::catch_unwind(panic::AssertUnwindSafe(|| {
+        with_l1_retry(|| {
+            runs.set(runs.get() + 1);
+            panic!("an ordinary test failure");
+        })
+    }));
+    assert!(r.is_err(), "the failure must propagate");
+    assert_eq!(runs.get(), 1, "an ordinary failure was retried");
+    assert!(take_l1_deaths().is_empty());
+}
+
+/// The nested harness end to end: a stand-in vmm gets its arguments, output, typed input
+/// and exit status through L1; and a first attempt whose stand-in crashes L1 reports the
+/// death (exit 121, the kernel's panic line as the reason) and is retried once.
 #[test]
 fn harness_nested_standin() {
     if probe_mode() != Mode::Nested {
@@ -83,10 +123,33 @@ fn harness_nested_standin() {
     }
     let _g = boot_lock();
     let a = assets();
-    run_standin(
-        Mode::Nested,
-        a.kernel,
-        a.initramfs,
-        Duration::from_secs(120),
+    let timeout = Duration::from_secs(120);
+    let attempts = Cell::new(0);
+    with_l1_retry(|| {
+        attempts.set(attempts.get() + 1);
+        if attempts.get() == 1 {
+            let crash = write_standin("crash-l1.sh", CRASH_L1);
+            let cfg = standin_config(Mode::Nested, crash, a.kernel.clone(), a.initramfs.clone());
+            let mut s = GuestSession::start_with(&cfg).unwrap();
+            s.wait_for("standin: crashing L1", timeout).unwrap();
+            let err = s.wait_exit(timeout).unwrap_err();
+            let death = s.l1_death().cloned();
+            assert!(err.contains("L1 died"), "{err}");
+            let death = death.unwrap_or_else(|| panic!("no L1 death recorded: {err}"));
+            assert_eq!(death.status, 121, "{death:?}");
+            assert!(
+                death
+                    .reason
+                    .contains("Kernel panic - not syncing: sysrq triggered crash"),
+                "the panic line is the reason: {death:?}"
+            );
+            panic!("L1 crashed on purpose");
+        }
+        run_standin(Mode::Nested, a.kernel.clone(), a.initramfs.clone(), timeout);
+    });
+    assert_eq!(
+        attempts.get(),
+        2,
+        "the L1 death was not retried exactly once"
     );
 }
