@@ -797,3 +797,105 @@ impl GuestSession {
         lines[start..end].to_vec()
     }
 }
+
+/// Panic payload of [`skip`]: the test did not run, for this reason.
+#[derive(Clone, Debug)]
+pub struct Skip(pub String);
+
+/// Ends the running test as skipped: [`run_tests`] reports it as `ignored (<reason>)` and
+/// counts it among the ignored tests, never as passed. Only for test binaries whose `main`
+/// is [`test_main!`].
+pub fn skip(reason: impl Into<String>) -> ! {
+    panic::panic_any(Skip(reason.into()))
+}
+
+/// The `main` of a `harness = false` test binary: runs the listed test functions with
+/// libtest-mimic (same command-line options and output as libtest), reporting a test that
+/// called [`skip`] as ignored with its reason.
+///
+/// ```text
+/// tests::test_main!(first_test, second_test);
+/// ```
+#[macro_export]
+macro_rules! test_main {
+    ($($name:ident),+ $(,)?) => {
+        fn main() -> std::process::ExitCode {
+            $crate::run_tests(&[$((stringify!($name), $name as fn())),+])
+        }
+    };
+}
+
+/// Runs `tests` (name, function) with libtest-mimic; see [`test_main!`].
+pub fn run_tests(tests: &[(&'static str, fn())]) -> std::process::ExitCode {
+    use libtest_mimic::{Arguments, Completion, Failed, Trial};
+    // a skip is not a failure: no panic message for it
+    let default_hook = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        if !info.payload().is::<Skip>() {
+            default_hook(info);
+        }
+    }));
+    let trials = tests
+        .iter()
+        .map(|&(name, f)| {
+            Trial::ignorable_test(name, move || match panic::catch_unwind(f) {
+                Ok(()) => Ok(Completion::Completed),
+                Err(p) => match p.downcast::<Skip>() {
+                    Ok(skip) => Ok(Completion::ignored_with(skip.0)),
+                    Err(p) => Err(Failed::from(panic_message(&*p))),
+                },
+            })
+        })
+        .collect();
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
+}
+
+/// The message of a panic payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "test panicked".to_string())
+}
+
+#[cfg(test)]
+mod unit {
+    /// `#[test]` compiles to nothing in a `harness = false` binary: a test written that way
+    /// in one of them would never run. Every such file must list its tests in `test_main!`.
+    #[test]
+    fn no_test_attribute_in_harness_false_binaries() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let mut checked = 0;
+        for section in manifest.split("[[test]]").skip(1) {
+            let section = section.split("\n[").next().unwrap_or_default();
+            if !section.contains("harness = false") {
+                continue;
+            }
+            let name = section
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name = "))
+                .map(|n| n.trim_matches('"'))
+                .expect("[[test]] without a name");
+            let file = dir.join("tests").join(format!("{name}.rs"));
+            let src = std::fs::read_to_string(&file).unwrap();
+            let bad: Vec<&str> = src
+                .lines()
+                .filter(|l| l.trim_start().starts_with("#[test]"))
+                .collect();
+            assert!(
+                bad.is_empty(),
+                "{}: `#[test]` does nothing in a harness = false binary; list the \
+                 function in its `tests::test_main!` instead",
+                file.display()
+            );
+            assert!(
+                src.contains("test_main!("),
+                "{}: no tests::test_main!",
+                file.display()
+            );
+            checked += 1;
+        }
+        assert!(checked >= 4, "found only {checked} harness = false tests");
+    }
+}

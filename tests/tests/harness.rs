@@ -1,6 +1,6 @@
 //! Self-tests of the boot-test harness with a shell stand-in for the vmm:
 //! argument passing, output capture, typed input and exit status, directly and
-//! (when the probe says so) through the nested QEMU harness.
+//! (when the probe says so; skipped otherwise) through the nested QEMU harness.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -86,7 +86,6 @@ fn run_standin(mode: Mode, kernel: PathBuf, initramfs: PathBuf, timeout: Duratio
     assert!(err.contains("standin: got"), "{err}");
 }
 
-#[test]
 fn harness_direct_standin() {
     let dir = std::env::temp_dir();
     run_standin(
@@ -98,7 +97,6 @@ fn harness_direct_standin() {
 }
 
 /// A failure without an L1 death is not retried (nor is a panic of the second attempt).
-#[test]
 fn l1_retry_only_after_an_l1_death() {
     let runs = Cell::new(0);
     let r = panic::catch_unwind(panic::AssertUnwindSafe(|| {
@@ -115,11 +113,9 @@ fn l1_retry_only_after_an_l1_death() {
 /// The nested harness end to end: a stand-in vmm gets its arguments, output, typed input
 /// and exit status through L1; and a first attempt whose stand-in crashes L1 reports the
 /// death (exit 121, the kernel's panic line as the reason) and is retried once.
-#[test]
 fn harness_nested_standin() {
     if probe_mode() != Mode::Nested {
-        eprintln!("probe says direct: nested harness not needed here, skipping");
-        return;
+        tests::skip("the probe says direct: this host does not use the nested harness");
     }
     let _g = boot_lock();
     let a = assets();
@@ -153,3 +149,9 @@ fn harness_nested_standin() {
         "the L1 death was not retried exactly once"
     );
 }
+
+tests::test_main!(
+    harness_direct_standin,
+    l1_retry_only_after_an_l1_death,
+    harness_nested_standin,
+);
