@@ -206,14 +206,17 @@ l1_death_evidence() {
         # a reboot request or an ACPI poweroff that L1's /init did not make
         reason="no L1 panic or triple fault recorded, L1 reset or powered off"
     fi
-    log "L1 died: $reason (qemu exit $qrc)"
     keep="$(mktemp -d "${TMPDIR:-/tmp}/nested-l1-death.XXXXXX")"
     cp "$SERIAL_LOG" "$keep/serial.log" 2>/dev/null || true
     cp "$QEMU_LOG" "$keep/qemu.log" 2>/dev/null || true
-    log "evidence kept in $keep ($(wc -c < "$QEMU_LOG" 2>/dev/null || echo 0) bytes of qemu log); its tail:"
-    tail -n 25 "$QEMU_LOG" 2>/dev/null | sed 's/^/[nested-run]   qemu: /' >&2 || true
-    log "serial log tail:"
-    tr -d '\r' < "$SERIAL_LOG" | tail -n 15 | sed 's/^/[nested-run]   serial: /' >&2 || true
+    log "L1 serial log tail:"
+    tr -d '\r' < "$SERIAL_LOG" | tail -n 8 | sed 's/^/[nested-run]   serial: /' >&2 || true
+    # the events of QEMU's log (resets, triple fault, guest errors) without register dumps
+    log "QEMU log events ($(wc -c < "$QEMU_LOG" 2>/dev/null || echo 0) bytes in all):"
+    grep -v -E '^([A-Z][A-Z0-9]* *=|(ES|CS|SS|DS|FS|GS|LDT|TR|GDT|IDT) )' "$QEMU_LOG" 2>/dev/null \
+        | tail -n 8 | sed 's/^/[nested-run]   qemu: /' >&2 || true
+    log "evidence kept in $keep"
+    log "L1 died: $reason (qemu exit $qrc)"
 }
 
 status="$(tr -d '\r' < "$SERIAL_LOG" | sed -n 's/^.*@@NESTED vmm-exit \([0-9][0-9]*\)$/\1/p' | tail -n1)"

@@ -601,8 +601,12 @@ thread_local! {
 }
 
 /// The L1 deaths recorded on this thread (by sessions that were waited for or dropped)
-/// since the last call.
-pub fn take_l1_deaths() -> Vec<L1Death> {
+/// since the current [`with_l1_retry`] attempt started.
+pub fn l1_deaths() -> Vec<L1Death> {
+    L1_DEATHS.with(|d| d.borrow().clone())
+}
+
+fn take_l1_deaths() -> Vec<L1Death> {
     L1_DEATHS.with(|d| std::mem::take(&mut *d.borrow_mut()))
 }
 

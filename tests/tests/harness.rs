@@ -9,8 +9,8 @@ use std::cell::Cell;
 use std::panic;
 
 use tests::{
-    assets, boot_lock, probe_mode, take_l1_deaths, with_l1_retry, GuestSession, Mode,
-    SessionConfig, NESTED_START,
+    assets, boot_lock, l1_deaths, probe_mode, with_l1_retry, GuestSession, Mode, SessionConfig,
+    NESTED_START,
 };
 
 const STANDIN: &str = r#"#!/bin/sh
@@ -107,7 +107,7 @@ fn l1_retry_only_after_an_l1_death() {
     }));
     assert!(r.is_err(), "the failure must propagate");
     assert_eq!(runs.get(), 1, "an ordinary failure was retried");
-    assert!(take_l1_deaths().is_empty());
+    assert!(l1_deaths().is_empty());
 }
 
 /// The nested harness end to end: a stand-in vmm gets its arguments, output, typed input
@@ -126,12 +126,20 @@ fn harness_nested_standin() {
         if attempts.get() == 1 {
             let crash = write_standin("crash-l1.sh", CRASH_L1);
             let cfg = standin_config(Mode::Nested, crash, a.kernel.clone(), a.initramfs.clone());
-            let mut s = GuestSession::start_with(&cfg).unwrap();
+            let s = GuestSession::start_with(&cfg).unwrap();
             s.wait_for("standin: crashing L1", timeout).unwrap();
-            let err = s.wait_exit(timeout).unwrap_err();
-            let death = s.l1_death().cloned();
-            assert!(err.contains("L1 died"), "{err}");
-            let death = death.unwrap_or_else(|| panic!("no L1 death recorded: {err}"));
+            // as in a real test: a wait fails because the output ended, the session is
+            // dropped (which waits for nested-run.sh and records the death)
+            let err = s.wait_for("never printed", timeout).unwrap_err();
+            assert!(err.contains("closed its output"), "{err}");
+            assert!(
+                err.contains("L1 died: "),
+                "the reason is in the tail: {err}"
+            );
+            drop(s);
+            let deaths = l1_deaths();
+            assert_eq!(deaths.len(), 1, "{deaths:?}");
+            let death = &deaths[0];
             assert_eq!(death.status, 121, "{death:?}");
             assert!(
                 death
