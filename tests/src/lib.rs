@@ -22,9 +22,9 @@ pub const NESTED_START: &str = "@@NESTED vmm-start";
 /// Marker printed by the L1 /init after the vmm exited, followed by its exit status.
 pub const NESTED_EXIT: &str = "@@NESTED vmm-exit ";
 
-/// Line nested-run.sh prints (on stderr, after `[nested-run] `) when L1 ended without
-/// reporting the vmm's status, followed by the reason.
-pub const L1_DIED: &str = "L1 died: ";
+/// Line nested-run.sh prints on stderr when L1 ended without reporting the vmm's status,
+/// followed by the reason.
+pub const L1_DIED: &str = "[nested-run] L1 died: ";
 /// nested-run.sh exit statuses of a harness-level L1 death: L1 never started the vmm (120)
 /// or stopped before reporting its exit status (121).
 pub const L1_DEATH_STATUSES: [i32; 2] = [120, 121];
@@ -567,9 +567,10 @@ impl GuestSession {
         // nested-run.sh prints no `L1 died:` line when L1's /init reported a setup error
         // (no /dev/kvm, insmod failed): that is a broken harness, not a death to retry
         let Some(reason) = self.lines().iter().rev().find_map(|l| {
-            l.text
-                .split_once(L1_DIED)
-                .map(|(_, r)| r.trim().to_string())
+            (l.stream == Stream::Stderr)
+                .then(|| l.text.strip_prefix(L1_DIED))
+                .flatten()
+                .map(|r| r.trim().to_string())
         }) else {
             return;
         };
