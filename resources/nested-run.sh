@@ -74,7 +74,8 @@ done
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nested-run.XXXXXX")"
 echo $$ > "$WORK/pid"
 cleanup() {
-    if [ "$KEEP" -eq 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    # a kept dir loses its pid file, so later runs do not take it for a killed run's leftover
+    if [ "$KEEP" -eq 1 ]; then rm -f "$WORK/pid"; log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 143' TERM
