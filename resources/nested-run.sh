@@ -19,7 +19,8 @@
 #
 # Exit status: the vmm's exit status; 120 if L1 never started the vmm (boot failure, no
 # /dev/kvm, ...); 121 if the vmm started but L1 died before reporting its exit status;
-# 2 for usage errors.
+# 2 for usage errors. On 120/121 (unless L1's /init reported a setup error) it prints
+# "[nested-run] L1 died: <reason>" and the tails of QEMU's log and the serial log.
 # Needs resources/setup.sh to have run (cached L1 kernel + modules, qemu-system-x86).
 set -euo pipefail
 
@@ -28,7 +29,7 @@ LOG_TAG=nested-run
 # shellcheck source=lib/common.sh
 . "$HERE/lib/common.sh"
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 bad() { printf '[nested-run] error: %s\n' "$*" >&2; exit 2; }
 
 VMM=""; L2_KERNEL=""; L2_INITRD=""; L1_MEM=3072; L1_SMP=2; KEEP=0; CONTROL=""
@@ -83,7 +84,8 @@ done
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nested-run.XXXXXX")"
 echo $$ > "$WORK/pid"
 cleanup() {
-    if [ "$KEEP" -eq 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    # a kept dir loses its pid file, so later runs do not take it for a killed run's leftover
+    if [ "$KEEP" -eq 1 ]; then rm -f "$WORK/pid"; log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 143' TERM
@@ -216,17 +218,48 @@ fi
     > "$WORK/l1-initramfs.cpio"
 
 SERIAL_LOG="$WORK/serial.log"
+# QEMU's own record of how L1 ended: guest errors and CPU resets (a "Triple fault" line
+# and a register dump; TCG dumps only on a reset or INIT, so the file stays small: ~8 KB).
+QEMU_LOG="$WORK/qemu.log"
+QEMU_DEBUG=(-d guest_errors,cpu_reset -D "$QEMU_LOG")
 log "booting L1 ($KVER, TCG, ${L1_SMP} vCPUs, ${L1_MEM} MiB, initramfs $(du -m "$WORK/l1-initramfs.cpio" | cut -f1) MiB)"
 set +e
 "$QEMU" \
     -accel tcg -cpu max -smp "$L1_SMP" -m "$L1_MEM" \
     -kernel "$L1_KERNEL" -initrd "$WORK/l1-initramfs.cpio" \
-    -append "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 panic_print=0x20 rdinit=/init" \
     -chardev "stdio,id=c0,signal=off,logfile=$SERIAL_LOG" -serial chardev:c0 \
     "${CTL_QEMU[@]+"${CTL_QEMU[@]}"}" \
-    -monitor none -display none -nodefaults -no-reboot
+    -monitor none -display none -nodefaults -no-reboot "${QEMU_DEBUG[@]}"
 qrc=$?
 set -e
+
+# Why L1 ended without reporting the vmm's status: prints "L1 died: <reason>" (the line
+# the test harness quotes when it retries) and the tails of the evidence, and keeps both
+# logs in a directory that survives the run.
+l1_death_evidence() {
+    local qrc="$1" reason keep
+    reason="$(tr -d '\r' < "$SERIAL_LOG" | grep -o 'Kernel panic - not syncing:.*' | tail -n1 || true)"
+    if [ -n "$reason" ]; then
+        reason="L1 $reason"
+    elif grep -q 'Triple fault' "$QEMU_LOG" 2>/dev/null; then
+        reason="L1 triple fault"
+    else
+        # a reboot request or an ACPI poweroff that L1's /init did not make
+        reason="no L1 panic or triple fault recorded, L1 reset or powered off"
+    fi
+    keep="$(mktemp -d "${TMPDIR:-/tmp}/nested-l1-death.XXXXXX")"
+    cp "$SERIAL_LOG" "$keep/serial.log" 2>/dev/null || true
+    cp "$QEMU_LOG" "$keep/qemu.log" 2>/dev/null || true
+    log "L1 serial log tail:"
+    tr -d '\r' < "$SERIAL_LOG" | tail -n 8 | sed 's/^/[nested-run]   serial: /' >&2 || true
+    # the events of QEMU's log (resets, triple fault, guest errors) without register dumps
+    log "QEMU log events ($(wc -c < "$QEMU_LOG" 2>/dev/null || echo 0) bytes in all):"
+    grep -v -E '^([A-Z][A-Z0-9]* *=|(ES|CS|SS|DS|FS|GS|LDT|TR|GDT|IDT) )' "$QEMU_LOG" 2>/dev/null \
+        | tail -n 8 | sed 's/^/[nested-run]   qemu: /' >&2 || true
+    log "evidence kept in $keep"
+    log "L1 died: $reason (qemu exit $qrc)"
+}
 
 status="$(tr -d '\r' < "$SERIAL_LOG" | sed -n 's/^.*@@NESTED vmm-exit \([0-9][0-9]*\)$/\1/p' | tail -n1)"
 if [ -n "$status" ]; then
@@ -234,12 +267,14 @@ if [ -n "$status" ]; then
 fi
 l1err="$(tr -d '\r' < "$SERIAL_LOG" | sed -n 's/^.*@@NESTED l1-error: //p' | tail -n1)"
 if grep -q '@@NESTED vmm-start' "$SERIAL_LOG"; then
+    l1_death_evidence "$qrc"
     log "error: the vmm started in L1 but L1 stopped before reporting its exit status (qemu exit $qrc)"
     exit 121
 fi
 if [ -n "$l1err" ]; then
     log "error: L1 setup failed: $l1err"
 else
+    l1_death_evidence "$qrc"
     log "error: L1 never started the vmm (qemu exit $qrc; L1 kernel panic or boot failure?)"
 fi
 exit 120

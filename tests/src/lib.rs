@@ -5,12 +5,14 @@
 //! The mode comes from `resources/lib/probe.sh` (`VMM_TEST_MODE=direct|nested` overrides).
 //! Assets (guest kernel, demo initramfs) come from `resources/setup.sh`'s cache.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::env;
 use std::fmt;
 use std::io::{Read, Write};
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -19,6 +21,13 @@ use std::time::{Duration, Instant};
 pub const NESTED_START: &str = "@@NESTED vmm-start";
 /// Marker printed by the L1 /init after the vmm exited, followed by its exit status.
 pub const NESTED_EXIT: &str = "@@NESTED vmm-exit ";
+
+/// Line nested-run.sh prints on stderr when L1 ended without reporting the vmm's status,
+/// followed by the reason.
+pub const L1_DIED: &str = "[nested-run] L1 died: ";
+/// nested-run.sh exit statuses of a harness-level L1 death: L1 never started the vmm (120)
+/// or stopped before reporting its exit status (121).
+pub const L1_DEATH_STATUSES: [i32; 2] = [120, 121];
 
 /// How many trailing output lines an error message includes.
 const TAIL_LINES: usize = 40;
@@ -282,6 +291,8 @@ pub struct GuestSession {
     exit: Option<i32>,
     /// Nested mode with `start_controlled`: the control socket and its connection.
     control: Option<(PathBuf, Option<std::os::unix::net::UnixStream>)>,
+    /// Set when the nested harness reported an L1 death (exit 120/121).
+    l1_death: Option<L1Death>,
 }
 
 impl GuestSession {
@@ -319,6 +330,7 @@ impl GuestSession {
             readers,
             exit: None,
             control: None,
+            l1_death: None,
         })
     }
 
@@ -449,7 +461,10 @@ impl GuestSession {
         let deadline = Instant::now() + timeout;
         let status = loop {
             match self.child.try_wait() {
-                Ok(Some(st)) => break st,
+                Ok(Some(st)) => {
+                    self.reaped(st);
+                    break st;
+                }
                 Ok(None) if Instant::now() >= deadline => {
                     return Err(format!(
                         "vmm did not exit within {timeout:?}; last output lines:\n{}",
@@ -479,11 +494,17 @@ impl GuestSession {
                 match parsed {
                     Some(c) => c,
                     None => {
+                        let death = self.l1_death.as_ref().map_or(String::new(), |d| {
+                            format!(
+                                " (nested harness: L1 died, exit {}: {})",
+                                d.status, d.reason
+                            )
+                        });
                         return Err(format!(
-                        "nested run ended ({status}) without a `{}N` line; last output lines:\n{}",
-                        NESTED_EXIT,
-                        self.tail()
-                    ))
+                            "nested run ended ({status}) without a `{NESTED_EXIT}N` line{death}; \
+                             last output lines:\n{}",
+                            self.tail()
+                        ));
                     }
                 }
             }
@@ -496,6 +517,16 @@ impl GuestSession {
 impl Drop for GuestSession {
     fn drop(&mut self) {
         self.stdin = None;
+        if self.output_closed() {
+            // the run is ending by itself (e.g. L1 died): let it finish to learn its status
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if let Ok(Some(st)) = self.child.try_wait() {
+            self.reaped(st);
+        }
         if let Ok(None) = self.child.try_wait() {
             // the whole process group (nested-run.sh + qemu): TERM lets nested-run.sh
             // remove its work dir, KILL whatever is left
@@ -520,6 +551,96 @@ impl Drop for GuestSession {
         }
         if let Some(dir) = self.control.as_ref().and_then(|(p, _)| p.parent()) {
             let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl GuestSession {
+    /// Whether both output pipes reached EOF.
+    fn output_closed(&self) -> bool {
+        self.out.0.lock().unwrap_or_else(|e| e.into_inner()).closed == 2
+    }
+
+    /// Records how the process ended; a nested-harness L1 death is remembered for
+    /// [`with_l1_retry`] (once per session).
+    fn reaped(&mut self, st: ExitStatus) {
+        if self.mode != Mode::Nested || self.l1_death.is_some() {
+            return;
+        }
+        let Some(status) = st.code().filter(|c| L1_DEATH_STATUSES.contains(c)) else {
+            return;
+        };
+        // nested-run.sh prints no `L1 died:` line when L1's /init reported a setup error
+        // (no /dev/kvm, insmod failed): that is a broken harness, not a death to retry
+        let Some(reason) = self.lines().iter().rev().find_map(|l| {
+            (l.stream == Stream::Stderr)
+                .then(|| l.text.strip_prefix(L1_DIED))
+                .flatten()
+                .map(|r| r.trim().to_string())
+        }) else {
+            return;
+        };
+        let death = L1Death { status, reason };
+        L1_DEATHS.with(|d| d.borrow_mut().push(death.clone()));
+        self.l1_death = Some(death);
+    }
+
+    /// The L1 death this nested run ended with, if any (known once it was reaped:
+    /// after `wait_exit`).
+    pub fn l1_death(&self) -> Option<&L1Death> {
+        self.l1_death.as_ref()
+    }
+}
+
+/// A harness-level death of the nested L1 (QEMU TCG): nested-run.sh exited 120/121 and
+/// said why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L1Death {
+    /// nested-run.sh's exit status (120 or 121).
+    pub status: i32,
+    /// The reason nested-run.sh gave (kernel panic line, triple fault, or none recorded).
+    pub reason: String,
+}
+
+thread_local! {
+    /// L1 deaths of the sessions this thread ran since the last `take_l1_deaths`.
+    static L1_DEATHS: RefCell<Vec<L1Death>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The L1 deaths recorded on this thread (by sessions that were waited for or dropped)
+/// since the current [`with_l1_retry`] attempt started.
+pub fn l1_deaths() -> Vec<L1Death> {
+    L1_DEATHS.with(|d| d.borrow().clone())
+}
+
+fn take_l1_deaths() -> Vec<L1Death> {
+    L1_DEATHS.with(|d| std::mem::take(&mut *d.borrow_mut()))
+}
+
+/// Runs a nested test body; when it fails and one of its sessions ended in an L1 death
+/// (nested-run.sh exit 120/121 with an `L1 died:` reason), prints
+/// `nested harness: L1 died (exit N: reason), retrying once` and runs the body once more.
+/// Any other failure (a VMM error, a wrong exit status, a timeout) is not retried, nor is
+/// the second attempt. The body must start its sessions itself, so it can run again.
+pub fn with_l1_retry<T>(body: impl Fn() -> T) -> T {
+    take_l1_deaths();
+    let first = panic::catch_unwind(AssertUnwindSafe(&body));
+    let deaths = take_l1_deaths();
+    match first {
+        Ok(v) => v,
+        Err(p) => {
+            let Some(d) = deaths.first() else {
+                panic::resume_unwind(p)
+            };
+            // straight to fd 2, past the test runner's output capture: a retry that
+            // passed must still be seen
+            let _ = writeln!(
+                std::io::stderr(),
+                "nested harness: L1 died (exit {}: {}), retrying once",
+                d.status,
+                d.reason
+            );
+            body()
         }
     }
 }
@@ -846,5 +967,107 @@ impl GuestSession {
             .write_all(b)
             .and_then(|_| stdin.flush())
             .unwrap_or_else(|e| panic!("writing to the vmm's stdin: {e}"));
+    }
+}
+
+/// Panic payload of [`skip`]: the test did not run, for this reason.
+#[derive(Clone, Debug)]
+pub struct Skip(pub String);
+
+/// Ends the running test as skipped: [`run_tests`] reports it as `ignored (<reason>)` and
+/// counts it among the ignored tests, never as passed. Only for test binaries whose `main`
+/// is [`test_main!`].
+pub fn skip(reason: impl Into<String>) -> ! {
+    panic::panic_any(Skip(reason.into()))
+}
+
+/// The `main` of a `harness = false` test binary: runs the listed test functions with
+/// libtest-mimic (same command-line options and output as libtest), reporting a test that
+/// called [`skip`] as ignored with its reason.
+///
+/// ```text
+/// tests::test_main!(first_test, second_test);
+/// ```
+#[macro_export]
+macro_rules! test_main {
+    ($($name:ident),+ $(,)?) => {
+        fn main() -> std::process::ExitCode {
+            $crate::run_tests(&[$((stringify!($name), $name as fn())),+])
+        }
+    };
+}
+
+/// Runs `tests` (name, function) with libtest-mimic; see [`test_main!`].
+pub fn run_tests(tests: &[(&'static str, fn())]) -> std::process::ExitCode {
+    use libtest_mimic::{Arguments, Completion, Failed, Trial};
+    // a skip is not a failure: no panic message for it
+    let default_hook = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        if !info.payload().is::<Skip>() {
+            default_hook(info);
+        }
+    }));
+    let trials = tests
+        .iter()
+        .map(|&(name, f)| {
+            Trial::ignorable_test(name, move || match panic::catch_unwind(f) {
+                Ok(()) => Ok(Completion::Completed),
+                Err(p) => match p.downcast::<Skip>() {
+                    Ok(skip) => Ok(Completion::ignored_with(skip.0)),
+                    Err(p) => Err(Failed::from(panic_message(&*p))),
+                },
+            })
+        })
+        .collect();
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
+}
+
+/// The message of a panic payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "test panicked".to_string())
+}
+
+#[cfg(test)]
+mod unit {
+    /// `#[test]` compiles to nothing in a `harness = false` binary: a test written that way
+    /// in one of them would never run. Every such file must list its tests in `test_main!`.
+    #[test]
+    fn no_test_attribute_in_harness_false_binaries() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        let mut checked = 0;
+        for section in manifest.split("[[test]]").skip(1) {
+            let section = section.split("\n[").next().unwrap_or_default();
+            if !section.contains("harness = false") {
+                continue;
+            }
+            let name = section
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name = "))
+                .map(|n| n.trim_matches('"'))
+                .expect("[[test]] without a name");
+            let file = dir.join("tests").join(format!("{name}.rs"));
+            let src = std::fs::read_to_string(&file).unwrap();
+            let bad: Vec<&str> = src
+                .lines()
+                .filter(|l| l.trim_start().starts_with("#[test]"))
+                .collect();
+            assert!(
+                bad.is_empty(),
+                "{}: `#[test]` does nothing in a harness = false binary; list the \
+                 function in its `tests::test_main!` instead",
+                file.display()
+            );
+            assert!(
+                src.contains("test_main!("),
+                "{}: no tests::test_main!",
+                file.display()
+            );
+            checked += 1;
+        }
+        assert!(checked >= 4, "found only {checked} harness = false tests");
     }
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tests::{boot_lock, boot_timeout, secs_between, standard_guest_args, try_assets, vmm_bin};
-use tests::{GuestSession, Mode};
+use tests::{with_l1_retry, GuestSession, Mode};
 
 const READY: &str = "Guest ready:";
 const PROMPT: &str = "guest# ";
@@ -40,6 +40,10 @@ fn boot() -> GuestSession {
 
 #[test]
 fn boots_to_init() {
+    with_l1_retry(boots_to_init_once);
+}
+
+fn boots_to_init_once() {
     let _g = boot_lock();
     let s = GuestSession::start(&standard_guest_args());
     let ready = s
@@ -56,6 +60,10 @@ fn boots_to_init() {
 
 #[test]
 fn two_cpus_online() {
+    with_l1_retry(two_cpus_online_once);
+}
+
+fn two_cpus_online_once() {
     let _g = boot_lock();
     let mut s = boot();
     s.send_line("cat /sys/devices/system/cpu/online");
@@ -68,6 +76,10 @@ fn two_cpus_online() {
 
 #[test]
 fn serial_input_reaches_guest() {
+    with_l1_retry(serial_input_reaches_guest_once);
+}
+
+fn serial_input_reaches_guest_once() {
     let _g = boot_lock();
     let mut s = boot();
     s.send_line("echo hello-$((6*7))");
@@ -77,6 +89,10 @@ fn serial_input_reaches_guest() {
 
 #[test]
 fn poweroff_exits_zero() {
+    with_l1_retry(poweroff_exits_zero_once);
+}
+
+fn poweroff_exits_zero_once() {
     let _g = boot_lock();
     let mut s = boot();
     s.send_line("poweroff -f");
@@ -88,6 +104,10 @@ fn poweroff_exits_zero() {
 
 #[test]
 fn reboot_exits_with_reboot_status() {
+    with_l1_retry(reboot_exits_with_reboot_status_once);
+}
+
+fn reboot_exits_with_reboot_status_once() {
     let _g = boot_lock();
     let mut s = boot();
     s.send_line("reboot -f");

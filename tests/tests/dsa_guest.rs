@@ -17,8 +17,8 @@
 use std::time::{Duration, Instant};
 
 use tests::{
-    boot_lock, boot_timeout, build_initramfs, secs_between, standard_guest_args, GuestSession,
-    Mode, SessionConfig, PROMPT, READY,
+    boot_lock, boot_timeout, build_initramfs, secs_between, standard_guest_args, with_l1_retry,
+    GuestSession, Mode, SessionConfig, PROMPT, READY,
 };
 
 /// Kernel messages that mean a crash, a warning splat or a stray interrupt.
@@ -455,12 +455,12 @@ fn device_cycle_scenario(iommu: bool) {
 
 #[test]
 fn dsa_idxd_accel_config_msix() {
-    wq_scenario(false);
+    with_l1_retry(|| wq_scenario(false));
 }
 
 #[test]
 fn dsa_idxd_accel_config_intel_iommu() {
-    wq_scenario(true);
+    with_l1_retry(|| wq_scenario(true));
 }
 
 /// The device-level cycle without an IOMMU. It passes only because the DSA model advertises
@@ -469,11 +469,11 @@ fn dsa_idxd_accel_config_intel_iommu() {
 /// which `accel-config disable-device` does.
 #[test]
 fn dsa_device_disable_reenable_msix() {
-    device_cycle_scenario(false);
+    with_l1_retry(|| device_cycle_scenario(false));
 }
 
 /// The device-level cycle with `--iommu intel`; see `dsa_device_disable_reenable_msix`.
 #[test]
 fn dsa_device_disable_reenable_intel_iommu() {
-    device_cycle_scenario(true);
+    with_l1_retry(|| device_cycle_scenario(true));
 }

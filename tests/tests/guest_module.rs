@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tests::{
     boot_lock, boot_timeout, build_initramfs, cmd_timeout, module_timeout, parse_fields,
-    secs_between, standard_guest_args, GuestSession, SessionConfig, PROMPT, READY,
+    secs_between, standard_guest_args, with_l1_retry, GuestSession, SessionConfig, PROMPT, READY,
 };
 
 const RESULT: &str = "IRQTEST-RESULT ";
@@ -26,7 +26,7 @@ const BAD_KERNEL_MESSAGES: [&str; 4] = [
 
 #[test]
 fn irqtest_guest_module_self_test() {
-    self_test(false);
+    with_l1_retry(|| self_test(false));
 }
 
 /// The same self-test with VT-d interrupt remapping: the guest must enable remapping in
@@ -35,7 +35,7 @@ fn irqtest_guest_module_self_test() {
 /// lose nothing.
 #[test]
 fn irqtest_guest_module_self_test_with_remapping() {
-    self_test(true);
+    with_l1_retry(|| self_test(true));
 }
 
 fn self_test(iommu: bool) {

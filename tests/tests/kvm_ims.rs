@@ -171,14 +171,11 @@ fn assert_stats(rig: &Rig, submitted: u64, completed: u64) {
 /// 1. A guest-managed IMS entry (3 -> vector 0x50): 20 NOOPs with RCI through WQ 0's IMS
 ///    portal give exactly 20 interrupts on 0x50, one per completion; a NOOP without RCI
 ///    gives none. Nothing goes through the MSI-X vectors.
-#[test]
 fn ims_entry_delivers_one_interrupt_per_completion() {
     const TEST: &str = "ims_entry_delivers_one_interrupt_per_completion";
     const N: u64 = 20;
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     g.start(VcpuHooks::default());
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let mut rig = Rig::new(&g, &h);
@@ -211,13 +208,10 @@ fn ims_entry_delivers_one_interrupt_per_completion() {
 
 /// 2. A masked IMS entry (5 -> 0x51) holds completions: three give no interrupt and set
 ///    the entry's pending bit; unmasking delivers exactly one; the next completion one more.
-#[test]
 fn masked_ims_entry_delivers_once_on_unmask() {
     const TEST: &str = "masked_ims_entry_delivers_once_on_unmask";
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     g.start(VcpuHooks::default());
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let mut rig = Rig::new(&g, &h);
@@ -247,13 +241,10 @@ fn masked_ims_entry_delivers_once_on_unmask() {
 ///    yields a device-backed IMS entry; a NOOP on the MSI-X portal naming the handle
 ///    interrupts on 0x52 through that IMS entry; retargeting the MSI-X entry to 0x53
 ///    retargets the handle.
-#[test]
 fn interrupt_handle_follows_its_msix_entry() {
     const TEST: &str = "interrupt_handle_follows_its_msix_entry";
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     g.start(VcpuHooks::default());
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let mut rig = Rig::new(&g, &h);
@@ -289,13 +280,10 @@ fn interrupt_handle_follows_its_msix_entry() {
 
 /// 4. IMS under interrupt remapping: the IMS entry holds a remappable message for IRTE 60,
 ///    whose SID is the DSA's; completions arrive on the IRTE's vector (0x54).
-#[test]
 fn remapped_ims_entry_delivers_on_the_irte_vector() {
     const TEST: &str = "remapped_ims_entry_delivers_on_the_irte_vector";
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     g.start(VcpuHooks::default());
     let mut v = VtdDriver::new(&g);
     v.enable(true, 0x70, 0);
@@ -312,3 +300,10 @@ fn remapped_ims_entry_delivers_on_the_irte_vector() {
     assert_eq!(v.unit.fault_count(), 0);
     done(TEST, t);
 }
+
+tests::test_main!(
+    ims_entry_delivers_one_interrupt_per_completion,
+    masked_ims_entry_delivers_once_on_unmask,
+    interrupt_handle_follows_its_msix_entry,
+    remapped_ims_entry_delivers_on_the_irte_vector,
+);

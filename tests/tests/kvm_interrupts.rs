@@ -67,14 +67,11 @@ fn done(test: &str, start: Instant) {
 
 /// 1. One MSI-X vector fired 200 times: the guest counts exactly 200, and bringing the
 ///    vector up cost one KVM_SET_GSI_ROUTING.
-#[test]
 fn msix_vector_delivers_every_fire() {
     const TEST: &str = "msix_vector_delivers_every_fire";
     const FIRES: u64 = 200;
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let d = msix_domain(&h, 4);
     d.set_message(0, Some(msg(0x40))).unwrap();
@@ -96,15 +93,12 @@ fn msix_vector_delivers_every_fire() {
 
 /// 2. Eight vectors of one domain with guest vectors 0x40..0x47, fired in bursts with a
 ///    different rate each: every guest vector counts exactly its own fires.
-#[test]
 fn several_vectors_count_separately() {
     const TEST: &str = "several_vectors_count_separately";
     const N: usize = 8;
     const ROUNDS: u64 = 24;
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let d = msix_domain(&h, N);
     for i in 0..N {
@@ -142,13 +136,10 @@ fn several_vectors_count_separately() {
 
 /// 3. Fires of a masked vector are held as one pending interrupt, delivered exactly once on
 ///    unmask — for an active (routed) vector and for one never unmasked before.
-#[test]
 fn masked_fires_deliver_once_on_unmask() {
     const TEST: &str = "masked_fires_deliver_once_on_unmask";
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let d = msix_domain(&h, 2);
     d.set_message(0, Some(msg(0x40))).unwrap();
@@ -183,7 +174,6 @@ fn masked_fires_deliver_once_on_unmask() {
 /// 4. Vector A fires continuously from a thread while vectors B (1..8) are added, fired once
 ///    and released in a loop, alternating their guest vectors between rounds so a reused GSI
 ///    with a stale route would show. A's count equals its fires; B's counts are exact.
-#[test]
 fn vectors_come_and_go_while_another_fires() {
     const TEST: &str = "vectors_come_and_go_while_another_fires";
     const ROUNDS: u64 = 12;
@@ -191,9 +181,7 @@ fn vectors_come_and_go_while_another_fires() {
     /// Bound of A's fires, in case the churn never ends.
     const MAX_A_FIRES: u64 = 100_000;
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let d = msix_domain(&h, 1 + B);
     d.set_message(0, Some(msg(0x40))).unwrap();
@@ -279,14 +267,11 @@ impl Drop for SetOnDrop<'_> {
 
 /// 5. IOAPIC edge pin 4 -> vector 0x41: ten pulses give exactly ten interrupts and no
 ///    KVM_EXIT_IOAPIC_EOI; pulses of the masked pin give none.
-#[test]
 fn ioapic_edge_pin_delivers_each_pulse() {
     const TEST: &str = "ioapic_edge_pin_delivers_each_pulse";
     const PIN: u32 = 4;
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let ioapic = Arc::new(Ioapic::new(0, &h));
     let entry = 0x41; // fixed, physical, active high, edge, unmasked, destination 0
@@ -334,16 +319,13 @@ fn ioapic_edge_pin_delivers_each_pulse() {
 ///    host a real-mode guest's interrupts are EOI'd on delivery (the handler runs with the
 ///    vector not in service), so the EOI exit of the 5th interrupt may precede the guest's
 ///    deassert and deliver a 6th: allowed there, and only there.
-#[test]
 fn ioapic_level_pin_redelivers_until_deasserted() {
     const TEST: &str = "ioapic_level_pin_redelivers_until_deasserted";
     const PIN: u32 = 9;
     const VECTOR: u8 = 0x42;
     const M: u64 = 5;
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let ioapic = Arc::new(Ioapic::new(0, &h));
     let entry = rte::LEVEL | u64::from(VECTOR); // fixed, physical, active high, unmasked, dest 0
@@ -440,13 +422,10 @@ fn check_level_phase(
 
 /// 7. With only two dynamic GSIs (24 and 25), a domain of four unmasked vectors delivers two
 ///    through routes and two through KVM_SIGNAL_MSI; every guest vector counts exactly once.
-#[test]
 fn exhausted_gsis_fall_back_to_signal_msi() {
     const TEST: &str = "exhausted_gsis_fall_back_to_signal_msi";
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     let h = g.hierarchy(IOAPIC_PINS, IOAPIC_PINS + 2);
     let d = msix_domain(&h, 4);
     for i in 0..4 {
@@ -473,3 +452,13 @@ fn exhausted_gsis_fall_back_to_signal_msi() {
     );
     done(TEST, t);
 }
+
+tests::test_main!(
+    msix_vector_delivers_every_fire,
+    several_vectors_count_separately,
+    masked_fires_deliver_once_on_unmask,
+    vectors_come_and_go_while_another_fires,
+    ioapic_edge_pin_delivers_each_pulse,
+    ioapic_level_pin_redelivers_until_deasserted,
+    exhausted_gsis_fall_back_to_signal_msi,
+);

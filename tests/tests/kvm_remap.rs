@@ -41,12 +41,12 @@ fn done(test: &str, start: Instant) {
 
 /// The fixture with its vCPU running and a VT-d unit enabled like Linux does in x2APIC mode,
 /// fault events going to [`FAULT_VECTOR`] on the vCPU.
-fn remapping_guest(test: &str, vcpu_id: u32) -> Option<(KvmGuest, VtdDriver)> {
-    let mut g = KvmGuest::with_vcpu_id(test, vcpu_id)?;
+fn remapping_guest(vcpu_id: u32) -> (KvmGuest, VtdDriver) {
+    let mut g = KvmGuest::with_vcpu_id(vcpu_id);
     g.start(VcpuHooks::default());
     let mut v = VtdDriver::new(&g);
     v.enable(true, FAULT_VECTOR, g.apic_id());
-    Some((g, v))
+    (g, v)
 }
 
 /// An MSI-X domain of `n` vectors on [`DEV`].
@@ -73,14 +73,11 @@ fn shv_message(handle: u16, subhandle: u16) -> MsiMessage {
 
 /// 1. A remappable MSI reaches the vector of its IRTE: 50 fires, exactly 50 interrupts on
 ///    that vector and nothing anywhere else; no fault.
-#[test]
 fn remappable_msi_reaches_the_irte_vector() {
     const TEST: &str = "remappable_msi_reaches_the_irte_vector";
     const FIRES: u64 = 50;
     let t = Instant::now();
-    let Some((g, mut v)) = remapping_guest(TEST, 0) else {
-        return;
-    };
+    let (g, mut v) = remapping_guest(0);
     v.set_irte(5, irte(0x41, 0, DEV));
     let d = msix_domain(&v.hierarchy, 1);
     activate(&d, 0, MsiMessage::remappable(5));
@@ -113,14 +110,11 @@ impl Drop for SetOnDrop<'_> {
 ///    thread fires A continuously; IRTE 6 (vector B, Linux's SHV format: handle 4 +
 ///    subhandle 2) keeps 0x42. Every fire of A is counted once on 0x41 or 0x51, fires
 ///    started after the IEC returned all land on 0x51, and only A's route changed.
-#[test]
 fn irte_change_with_selective_iec_reroutes_only_that_vector() {
     const TEST: &str = "irte_change_with_selective_iec_reroutes_only_that_vector";
     const MAX_FIRES: u64 = 100_000;
     let t = Instant::now();
-    let Some((g, mut v)) = remapping_guest(TEST, 0) else {
-        return;
-    };
+    let (g, mut v) = remapping_guest(0);
     v.set_irte(5, irte(0x41, 0, DEV));
     v.set_irte(6, irte(0x42, 0, DEV));
     let d = msix_domain(&v.hierarchy, 2);
@@ -234,13 +228,10 @@ fn check_and_clear_fault(v: &VtdDriver, slot: usize, reason: u8, index: u16, sid
 ///    (0x24), a source-ID mismatch (0x26); each raises one fault event in the guest and
 ///    delivers nothing. With FPD = 1 a non-present entry blocks without a record. Repairing
 ///    an entry with an IEC makes its vector deliver.
-#[test]
 fn bad_irtes_fault_with_reason_and_deliver_nothing() {
     const TEST: &str = "bad_irtes_fault_with_reason_and_deliver_nothing";
     let t = Instant::now();
-    let Some((g, mut v)) = remapping_guest(TEST, 0) else {
-        return;
-    };
+    let (g, mut v) = remapping_guest(0);
     let good = irte(0x43, 0, DEV);
     let cases: [(&str, Irte, u8); 3] = [
         (
@@ -319,12 +310,8 @@ fn bad_irtes_fault_with_reason_and_deliver_nothing() {
 /// non-present and invalidated, then the device fires three times. Each request is blocked
 /// by a not-present entry, so the guest should find fault records (reason 0x22) and get a
 /// fault event, as on hardware.
-#[test]
 fn blocked_fires_after_invalidation_record_faults() {
-    const TEST: &str = "blocked_fires_after_invalidation_record_faults";
-    let Some((g, mut v)) = remapping_guest(TEST, 0) else {
-        return;
-    };
+    let (g, mut v) = remapping_guest(0);
     v.set_irte(5, irte(0x41, 0, DEV));
     let d = msix_domain(&v.hierarchy, 1);
     activate(&d, 0, MsiMessage::remappable(5));
@@ -393,14 +380,11 @@ fn eoi_register(ioapic: &Ioapic, value: u32) {
 /// 4. IOAPIC version 0x20, edge pin 4 with a remappable RTE (IRTE 40, SID = the IOAPIC's
 ///    source ID): ten pulses give exactly ten interrupts on the IRTE's vector (the RTE's
 ///    vector field, 4, would be a CPU exception in the guest).
-#[test]
 fn remapped_ioapic_edge_pin_delivers_on_the_irte_vector() {
     const TEST: &str = "remapped_ioapic_edge_pin_delivers_on_the_irte_vector";
     const PIN: u32 = 4;
     let t = Instant::now();
-    let Some((g, mut v)) = remapping_guest(TEST, 0) else {
-        return;
-    };
+    let (g, mut v) = remapping_guest(0);
     assert_eq!(
         interrupt::VtdConfig::default().ioapic_source_id,
         IOAPIC_REQUESTER_ID,
@@ -435,15 +419,12 @@ fn remapped_ioapic_edge_pin_delivers_on_the_irte_vector() {
 ///     so no KVM_EXIT_IOAPIC_EOI; remote IRR is cleared through the EOI register written
 ///     with the pin number (the RTE's vector field), which re-delivers a line still
 ///     asserted. An EOI with another value leaves remote IRR set.
-#[test]
 fn remapped_ioapic_level_pin_uses_the_eoi_register() {
     const TEST: &str = "remapped_ioapic_level_pin_uses_the_eoi_register";
     const PIN: u32 = 9;
     const VECTOR: u8 = 0x46;
     let t = Instant::now();
-    let Some((g, mut v)) = remapping_guest(TEST, 0) else {
-        return;
-    };
+    let (g, mut v) = remapping_guest(0);
     let ioapic = Ioapic::with_version(0, &v.hierarchy, IOAPIC_VERSION_20);
     v.set_irte(42, irte(VECTOR, 0, IOAPIC_REQUESTER_ID));
     program_rte(&ioapic, PIN, remappable_rte(42, PIN, true));
@@ -482,13 +463,10 @@ fn remapped_ioapic_level_pin_uses_the_eoi_register() {
 
 /// 5. With IRE = 1 and CFI = 0 a compatibility-format MSI is blocked with fault 0x25;
 ///    setting CFI re-translates and delivers it; clearing CFI blocks it again.
-#[test]
 fn compatibility_format_needs_cfi_when_remapping() {
     const TEST: &str = "compatibility_format_needs_cfi_when_remapping";
     let t = Instant::now();
-    let Some((g, mut v)) = remapping_guest(TEST, 0) else {
-        return;
-    };
+    let (g, mut v) = remapping_guest(0);
     let compat = MsiMessage::compose(0, false, 0x47, 0, false);
     let d = msix_domain(&v.hierarchy, 1);
     activate(&d, 0, compat);
@@ -523,13 +501,10 @@ fn compatibility_format_needs_cfi_when_remapping() {
 /// 5b. xAPIC-format table (IRTA.EIME = 0): the destination is IRTE bits 47:40 and bits
 ///     39:32 are reserved. An entry for APIC 0 with vector 0x4c delivers; the same entry
 ///     with bit 32 set (destination 1 under EIME) faults 0x24 and delivers nothing.
-#[test]
 fn xapic_format_irte_takes_destination_from_bits_47_40() {
     const TEST: &str = "xapic_format_irte_takes_destination_from_bits_47_40";
     let t = Instant::now();
-    let Some(mut g) = KvmGuest::new(TEST) else {
-        return;
-    };
+    let mut g = KvmGuest::new();
     g.start(VcpuHooks::default());
     let mut v = VtdDriver::new(&g);
     v.enable(false, FAULT_VECTOR, 0);
@@ -557,31 +532,31 @@ fn xapic_format_irte_takes_destination_from_bits_47_40() {
 }
 
 /// An APIC ID above 255 for the x2APIC tests: 300 when the host allows it, else the
-/// largest vCPU id it allows above 255.
-fn high_apic_id(test: &str) -> Option<u32> {
-    let max = max_vcpu_id()?;
-    let id = if max > 300 { 300 } else { max.checked_sub(1)? };
+/// largest vCPU id it allows above 255. Skips the test when the host allows none.
+fn high_apic_id() -> u32 {
+    let max = max_vcpu_id();
+    let id = if max > 300 {
+        300
+    } else {
+        max.saturating_sub(1)
+    };
     if id <= 255 {
-        eprintln!("{test}: KVM_CAP_MAX_VCPU_ID is {max}: no vCPU id above 255, not run");
-        return None;
+        tests::skip(format!(
+            "KVM_CAP_MAX_VCPU_ID is {max}: KVM cannot create a vCPU with an id above 255"
+        ));
     }
-    Some(id as u32)
+    id as u32
 }
 
 /// 6a. x2APIC destination 300 through an EIME IRTE: delivered to the vCPU with APIC ID 300
 ///     (created as KVM vCPU 300, in x2APIC mode); an IRTE naming APIC 44 (300 mod 256)
 ///     reaches nobody. The fault event, with destination bits 31:8 in FEUADDR, reaches
 ///     APIC 300 too.
-#[test]
 fn eime_irte_reaches_x2apic_id_above_255() {
     const TEST: &str = "eime_irte_reaches_x2apic_id_above_255";
     let t = Instant::now();
-    let Some(id) = high_apic_id(TEST) else {
-        return;
-    };
-    let Some((g, mut v)) = remapping_guest(TEST, id) else {
-        return;
-    };
+    let id = high_apic_id();
+    let (g, mut v) = remapping_guest(id);
     assert_eq!(g.apic_id(), id);
     v.set_irte(50, irte(0x48, id, DEV));
     v.set_irte(51, irte(0x49, id & 0xff, DEV));
@@ -617,16 +592,11 @@ fn eime_irte_reaches_x2apic_id_above_255() {
 /// 6b. Without remapping, a compatibility-format MSI for APIC ID 300 in KVM's x2APIC API
 ///     encoding (destination bits 31:8 in the upper address) reaches the vCPU with APIC ID
 ///     300; the same message without the high bits (APIC 44) reaches nobody.
-#[test]
 fn compat_msi_with_high_destination_bits_reaches_apic_above_255() {
     const TEST: &str = "compat_msi_with_high_destination_bits_reaches_apic_above_255";
     let t = Instant::now();
-    let Some(id) = high_apic_id(TEST) else {
-        return;
-    };
-    let Some(mut g) = KvmGuest::with_vcpu_id(TEST, id) else {
-        return;
-    };
+    let id = high_apic_id();
+    let mut g = KvmGuest::with_vcpu_id(id);
     g.start(VcpuHooks::default());
     let h = g.hierarchy(IOAPIC_PINS, 4096);
     let d = msix_domain(&h, 2);
@@ -648,15 +618,12 @@ fn compat_msi_with_high_destination_bits_reaches_apic_above_255() {
 /// The VMM's reset stub, placed at the reset vector (0xFFFF0) of a real-mode vCPU started
 /// at F000:FFF0 like after a CPU reset: it writes 0xFE to port 0x64 (the i8042 reset
 /// pulse), halts, and jumps back to the write if woken.
-#[test]
 fn reset_stub_pulses_the_i8042_reset_line() {
     use kvm_ioctls::{Kvm, VcpuExit};
     use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
     const TEST: &str = "reset_stub_pulses_the_i8042_reset_line";
     let t = Instant::now();
-    if common::skip_kvm_tests(TEST) {
-        return;
-    }
+    common::require_kvm_tests();
     let kvm = Kvm::new().expect("opening /dev/kvm");
     let vm = kvm.create_vm().expect("KVM_CREATE_VM");
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
@@ -711,3 +678,17 @@ fn reset_stub_pulses_the_i8042_reset_line() {
     );
     done(TEST, t);
 }
+
+tests::test_main!(
+    remappable_msi_reaches_the_irte_vector,
+    irte_change_with_selective_iec_reroutes_only_that_vector,
+    bad_irtes_fault_with_reason_and_deliver_nothing,
+    blocked_fires_after_invalidation_record_faults,
+    remapped_ioapic_edge_pin_delivers_on_the_irte_vector,
+    remapped_ioapic_level_pin_uses_the_eoi_register,
+    compatibility_format_needs_cfi_when_remapping,
+    xapic_format_irte_takes_destination_from_bits_47_40,
+    eime_irte_reaches_x2apic_id_above_255,
+    compat_msi_with_high_destination_bits_reaches_apic_above_255,
+    reset_stub_pulses_the_i8042_reset_line,
+);

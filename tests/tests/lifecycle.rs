@@ -75,8 +75,11 @@ fn error_lines(s: &GuestSession) -> Vec<String> {
 /// prints the hierarchy and the guest keeps running; Ctrl-C typed on the console reaches
 /// the guest; SIGINT ends the vmm with 130, the `--print-interrupts` dump and the terminal
 /// restored.
-#[test]
 fn dsa_sigusr1_dump_ctrl_c_to_guest_then_sigint_130() {
+    tests::with_l1_retry(dsa_sigusr1_dump_ctrl_c_to_guest_then_sigint_130_once)
+}
+
+fn dsa_sigusr1_dump_ctrl_c_to_guest_then_sigint_130_once() {
     let _g = boot_lock();
     let mut s = start(&args(&["--device", "dsa", "--print-interrupts"]), &[]);
     boot_to_prompt(&s);
@@ -105,8 +108,11 @@ fn dsa_sigusr1_dump_ctrl_c_to_guest_then_sigint_130() {
 
 /// Issue 8 item 12: `--serial file=PATH` puts guest output in the file (and not on
 /// stdout); SIGTERM ends the vmm with 143 after the `--print-interrupts` dump.
-#[test]
 fn serial_file_gets_guest_output_then_sigterm_143() {
+    tests::with_l1_retry(serial_file_gets_guest_output_then_sigterm_143_once)
+}
+
+fn serial_file_gets_guest_output_then_sigterm_143_once() {
     let _g = boot_lock();
     let mode = tests::probe_mode();
     let host_dir = std::env::temp_dir().join(format!("vmm-serial-file-{}", std::process::id()));
@@ -143,8 +149,11 @@ fn serial_file_gets_guest_output_then_sigterm_143() {
 
 /// Issue 8 item 12: `--serial off` has no console (the kernel's boot messages go nowhere)
 /// and the guest still runs: its /init powers off at once, status 0.
-#[test]
 fn serial_off_runs_guest_silently() {
+    tests::with_l1_retry(serial_off_runs_guest_silently_once)
+}
+
+fn serial_off_runs_guest_silently_once() {
     let _g = boot_lock();
     let mut s = start(
         &[
@@ -172,16 +181,16 @@ fn serial_off_runs_guest_silently() {
 
 /// Issue 8 item 6: Ctrl-A x on the console terminal ends the vmm with 130 and restores the
 /// terminal (the escape is active when stdin is a terminal, as in nested mode's L1 ttyS0).
-#[test]
 fn escape_ctrl_a_x_ends_vmm_130() {
+    tests::with_l1_retry(escape_ctrl_a_x_ends_vmm_130_once)
+}
+
+fn escape_ctrl_a_x_ends_vmm_130_once() {
     let _g = boot_lock();
     let mut s = start(&standard_guest_args(), &[]);
     if s.mode() == Mode::Direct {
         // stdin is a pipe here: no terminal, so no escape sequence.
-        eprintln!(
-            "SKIPPED escape_ctrl_a_x_ends_vmm_130: the console is not a terminal in direct mode"
-        );
-        return;
+        tests::skip("the console is not a terminal in direct mode (stdin is a pipe)");
     }
     boot_to_prompt(&s);
     // Ctrl-A Ctrl-A is a literal Ctrl-A for the guest: the vmm keeps running.
@@ -214,12 +223,27 @@ fn panic_is_one_error_line(site: &str, thread: &str) {
     expect_tty_restored(&s);
 }
 
-#[test]
 fn vcpu_panic_ends_vmm_with_one_error_line() {
+    tests::with_l1_retry(vcpu_panic_ends_vmm_with_one_error_line_once)
+}
+
+fn vcpu_panic_ends_vmm_with_one_error_line_once() {
     panic_is_one_error_line("vcpu", "vcpu0");
 }
 
-#[test]
 fn main_thread_panic_ends_vmm_with_one_error_line() {
+    tests::with_l1_retry(main_thread_panic_ends_vmm_with_one_error_line_once)
+}
+
+fn main_thread_panic_ends_vmm_with_one_error_line_once() {
     panic_is_one_error_line("main", "main");
 }
+
+tests::test_main!(
+    dsa_sigusr1_dump_ctrl_c_to_guest_then_sigint_130,
+    serial_file_gets_guest_output_then_sigterm_143,
+    serial_off_runs_guest_silently,
+    escape_ctrl_a_x_ends_vmm_130,
+    vcpu_panic_ends_vmm_with_one_error_line,
+    main_thread_panic_ends_vmm_with_one_error_line,
+);

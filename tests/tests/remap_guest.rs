@@ -5,7 +5,8 @@
 //! still answered, and the new interrupts are counted on CPU1 only.
 
 use tests::{
-    boot_lock, boot_timeout, cmd_timeout, standard_guest_args, GuestSession, PROMPT, READY,
+    boot_lock, boot_timeout, cmd_timeout, standard_guest_args, with_l1_retry, GuestSession, PROMPT,
+    READY,
 };
 
 /// Types `cmd` and returns its output (see [`GuestSession::run_marked`]).
@@ -33,6 +34,10 @@ fn serial_irq(s: &mut GuestSession, marker: &str) -> (u32, Vec<u64>, String) {
 
 #[test]
 fn serial_interrupt_affinity_moves_under_remapping() {
+    with_l1_retry(serial_interrupt_affinity_moves_under_remapping_once);
+}
+
+fn serial_interrupt_affinity_moves_under_remapping_once() {
     let _g = boot_lock();
     let mut args = standard_guest_args();
     args.extend(["--iommu".to_string(), "intel".to_string()]);

@@ -78,16 +78,28 @@ fn violation_ends_vmm(which: &str, thread: &str) {
 
 #[test]
 fn forbidden_syscall_on_vcpu_ends_vmm_with_one_line() {
+    tests::with_l1_retry(forbidden_syscall_on_vcpu_ends_vmm_with_one_line_once)
+}
+
+fn forbidden_syscall_on_vcpu_ends_vmm_with_one_line_once() {
     violation_ends_vmm("vcpu", "vcpu0");
 }
 
 #[test]
 fn forbidden_syscall_on_main_thread_ends_vmm_with_one_line() {
+    tests::with_l1_retry(forbidden_syscall_on_main_thread_ends_vmm_with_one_line_once)
+}
+
+fn forbidden_syscall_on_main_thread_ends_vmm_with_one_line_once() {
     violation_ends_vmm("main", "main");
 }
 
 #[test]
 fn log_mode_lets_the_guest_run() {
+    tests::with_l1_retry(log_mode_lets_the_guest_run_once)
+}
+
+fn log_mode_lets_the_guest_run_once() {
     let _g = boot_lock();
     let (cfg, dir) = config_with_trigger("vcpu", &["--seccomp", "log"]);
     let mut s = GuestSession::start_with(&cfg).unwrap_or_else(|e| panic!("{e}"));

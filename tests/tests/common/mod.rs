@@ -7,8 +7,9 @@
 //! also handles `KVM_EXIT_IOAPIC_EOI` (handed to a hook, normally the userspace IOAPIC) and the
 //! guest's threshold port (handed to another hook).
 //!
-//! Tests are skipped (early return with a note) when `VMM_SKIP_KVM_TESTS=1`; otherwise a
-//! missing or unusable `/dev/kvm` fails them with a message saying so.
+//! Tests are skipped ([`tests::skip`]: reported as ignored, with the reason) when
+//! `VMM_SKIP_KVM_TESTS=1`; otherwise a missing or unusable `/dev/kvm` fails them with a
+//! message saying so.
 
 // Shared by test binaries that each use part of it.
 #![allow(dead_code)]
@@ -33,7 +34,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use guest::{GuestImage, ListingLine};
 
-/// Environment variable that, set to `1`, makes every KVM test return early.
+/// Environment variable that, set to `1`, skips every KVM test (reported as ignored).
 pub const SKIP_ENV: &str = "VMM_SKIP_KVM_TESTS";
 /// Number of IOAPIC pins reserved in KVM's split irqchip (GSIs `0..24`), as in the vmm.
 pub const IOAPIC_PINS: u32 = 24;
@@ -188,13 +189,11 @@ impl Shared {
     }
 }
 
-/// Returns true (after a note on stderr) when `VMM_SKIP_KVM_TESTS=1`.
-pub fn skip_kvm_tests(test: &str) -> bool {
-    let skip = std::env::var(SKIP_ENV).is_ok_and(|v| v == "1");
-    if skip {
-        eprintln!("{test}: skipped, {SKIP_ENV}=1");
+/// Skips the running test ([`tests::skip`]) when `VMM_SKIP_KVM_TESTS=1`.
+pub fn require_kvm_tests() {
+    if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
+        tests::skip(format!("{SKIP_ENV}=1"));
     }
-    skip
 }
 
 fn kvm_fail(what: &str, e: impl std::fmt::Display) -> ! {
@@ -207,10 +206,13 @@ fn kvm_fail(what: &str, e: impl std::fmt::Display) -> ! {
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-/// The host's `KVM_CAP_MAX_VCPU_ID` (vCPU ids must be below it), `None` when `/dev/kvm`
-/// cannot be opened.
-pub fn max_vcpu_id() -> Option<usize> {
-    Kvm::new().ok().map(|kvm| kvm.get_max_vcpu_id())
+/// The host's `KVM_CAP_MAX_VCPU_ID` (vCPU ids must be below it). Skips the test when the
+/// KVM tests are skipped; fails it when `/dev/kvm` cannot be opened.
+pub fn max_vcpu_id() -> usize {
+    require_kvm_tests();
+    Kvm::new()
+        .unwrap_or_else(|e| kvm_fail("opening /dev/kvm", e))
+        .get_max_vcpu_id()
 }
 
 /// Signal used to kick the vCPU thread out of `KVM_RUN` (the handler does nothing).
@@ -236,20 +238,18 @@ pub struct KvmGuest {
 }
 
 impl KvmGuest {
-    /// Creates the VM and its vCPU with the guest loaded (not yet running). `None` when the
-    /// KVM tests are skipped through `VMM_SKIP_KVM_TESTS=1`; panics with a clear message when
-    /// KVM is missing or unusable.
-    pub fn new(test: &str) -> Option<Self> {
-        Self::with_vcpu_id(test, 0)
+    /// Creates the VM and its vCPU with the guest loaded (not yet running). Skips the test
+    /// when `VMM_SKIP_KVM_TESTS=1`; panics with a clear message when KVM is missing or
+    /// unusable.
+    pub fn new() -> Self {
+        Self::with_vcpu_id(0)
     }
 
     /// Like [`Self::new`], with the vCPU created as KVM vCPU `vcpu_id`, which is also its
     /// APIC ID (the x2APIC ID in full; the guest runs in x2APIC mode). Panics when `vcpu_id`
     /// is not below the host's `KVM_CAP_MAX_VCPU_ID` (see [`max_vcpu_id`]).
-    pub fn with_vcpu_id(test: &str, vcpu_id: u32) -> Option<Self> {
-        if skip_kvm_tests(test) {
-            return None;
-        }
+    pub fn with_vcpu_id(vcpu_id: u32) -> Self {
+        require_kvm_tests();
         let kvm = Kvm::new().unwrap_or_else(|e| kvm_fail("opening /dev/kvm", e));
         for (cap, name) in [
             (Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"),
@@ -360,7 +360,7 @@ impl KvmGuest {
         vcpu.set_regs(&regs)
             .unwrap_or_else(|e| kvm_fail("KVM_SET_REGS", e));
 
-        Some(Self {
+        Self {
             vm,
             mem,
             vcpu: Some(vcpu),
@@ -372,7 +372,7 @@ impl KvmGuest {
             thread: None,
             listing: Arc::new(listing),
             apic_id: vcpu_id,
-        })
+        }
     }
 
     /// The vCPU's APIC ID (its KVM vCPU id).
