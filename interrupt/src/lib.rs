@@ -18,6 +18,7 @@ pub mod domain;
 pub mod error;
 pub mod hierarchy;
 pub mod msi;
+pub mod ratelimit;
 pub mod remap;
 pub mod vector;
 pub mod vtd;
@@ -26,11 +27,15 @@ pub use domain::{DeviceDomain, DomainKind, VectorSnapshot};
 pub use error::Error;
 pub use hierarchy::InterruptHierarchy;
 pub use msi::MsiMessage;
+pub use ratelimit::RateLimiter;
 pub use remap::{NoRemap, RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
 pub use vector::{
     Gsi, KvmVectorLayer, RecordingBackend, RoutingBackend, Vector, VectorLayer, VectorLayerStats,
 };
 pub use vtd::{VtdConfig, VtdUnit};
+
+#[doc(hidden)]
+pub use log as __log;
 
 /// Convenience result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
