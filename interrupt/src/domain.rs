@@ -18,7 +18,7 @@ use log::{error, warn};
 
 use crate::hierarchy::InterruptHierarchy;
 use crate::msi::MsiMessage;
-use crate::remap::{RemapOutcome, RequesterId, RetranslateScope};
+use crate::remap::{IrteRanges, RemapOutcome, RequesterId, RetranslateScope};
 use crate::vector::{Gsi, Vector};
 use crate::{Error, Result};
 
@@ -241,10 +241,20 @@ impl DeviceDomain {
     /// remap layer's state changed); returns how many were re-routed. irqfds and GSIs are
     /// kept, so no interrupt fired meanwhile is lost.
     pub fn retranslate(&self, scope: RetranslateScope) -> Result<usize> {
+        self.retranslate_where(|m| scope.covers(m))
+    }
+
+    /// Like [`retranslate`](Self::retranslate) for the vectors whose message selects an IRTE
+    /// in `ranges` (exactly those: indices between the ranges are left alone).
+    pub fn retranslate_irtes(&self, ranges: &IrteRanges) -> Result<usize> {
+        self.retranslate_where(|m| ranges.covers(m))
+    }
+
+    fn retranslate_where(&self, covers: impl Fn(&MsiMessage) -> bool) -> Result<usize> {
         let mut v = self.lock();
         let mut n = 0;
         for d in v.iter_mut() {
-            let covered = d.vector.is_some() && d.message.is_some_and(|m| scope.covers(&m));
+            let covered = d.vector.is_some() && d.message.is_some_and(|m| covers(&m));
             if covered {
                 self.route(d)?;
                 n += 1;

@@ -8,16 +8,18 @@ mod registers;
 mod retranslation;
 mod translation;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use kvm_bindings::kvm_irq_routing_entry;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::spec::{desc, event_ctl, gcmd, gsts, irta, offset, FaultRecord, Irte};
 use super::{VtdConfig, VtdUnit};
 use crate::hierarchy::InterruptHierarchy;
 use crate::msi::MsiMessage;
 use crate::remap::{RemapLayer, RemapOutcome, RequesterId};
-use crate::vector::{Gsi, KvmVectorLayer, RecordingBackend, VectorLayer};
+use crate::vector::{Gsi, KvmVectorLayer, RecordingBackend, RoutingBackend, VectorLayer};
 
 /// Guest RAM size.
 pub(super) const RAM_SIZE: u64 = 0x40_0000;
@@ -60,7 +62,32 @@ impl Fixture {
     pub fn with_records(num_fault_records: u8) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap();
         let backend = Arc::new(RecordingBackend::default());
-        let layer = Arc::new(KvmVectorLayer::new(backend.clone(), 24, 4096));
+        Self::build(mem, backend.clone(), backend, num_fault_records)
+    }
+
+    /// A fixture whose route commits and event messages are observed by an
+    /// [`ObservingBackend`], which notes what the guest could see at each of them.
+    pub fn observed() -> (Self, Arc<ObservingBackend>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap();
+        let backend = Arc::new(RecordingBackend::default());
+        let observer = Arc::new(ObservingBackend {
+            inner: backend.clone(),
+            mem: mem.clone(),
+            unit: OnceLock::new(),
+            seen: Mutex::new(Vec::new()),
+        });
+        let f = Self::build(mem, observer.clone(), backend, 8);
+        observer.unit.set(Arc::downgrade(&f.unit)).unwrap();
+        (f, observer)
+    }
+
+    fn build(
+        mem: GuestMemoryMmap,
+        routing: Arc<dyn RoutingBackend>,
+        backend: Arc<RecordingBackend>,
+        num_fault_records: u8,
+    ) -> Self {
+        let layer = Arc::new(KvmVectorLayer::new(routing, 24, 4096));
         let unit = VtdUnit::new(
             mem.clone(),
             layer.clone(),
@@ -279,6 +306,79 @@ impl Fixture {
     pub fn routes(&self) -> Vec<(Gsi, MsiMessage)> {
         self.layer.commit().unwrap();
         self.backend.committed.lock().unwrap().clone()
+    }
+}
+
+/// Second wait-status address (for batches with two waits).
+pub(super) const STATUS2_ADDR: u64 = 0x3008;
+
+/// What the guest could observe when the unit committed routes or sent an event message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Observation {
+    /// A route commit: the committed routes, the words at [`STATUS_ADDR`] and
+    /// [`STATUS2_ADDR`], and ICS.
+    Commit {
+        routes: Vec<(Gsi, MsiMessage)>,
+        status: [u32; 2],
+        ics: u32,
+    },
+    /// An event message (fault or completion event), with the same status words.
+    Event { msi: MsiMessage, status: [u32; 2] },
+}
+
+/// A routing backend that forwards to a [`RecordingBackend`] and notes, at every route
+/// commit and event message, the wait-status words in guest memory and ICS: the order in
+/// which the guest could see new routes and completion.
+pub(super) struct ObservingBackend {
+    pub inner: Arc<RecordingBackend>,
+    pub mem: GuestMemoryMmap,
+    pub unit: OnceLock<Weak<VtdUnit>>,
+    pub seen: Mutex<Vec<Observation>>,
+}
+
+impl ObservingBackend {
+    fn status(&self) -> [u32; 2] {
+        [STATUS_ADDR, STATUS2_ADDR].map(|a| self.mem.read_obj(GuestAddress(a)).unwrap())
+    }
+
+    /// Observations so far, emptied.
+    pub fn take(&self) -> Vec<Observation> {
+        std::mem::take(&mut self.seen.lock().unwrap())
+    }
+}
+
+impl RoutingBackend for ObservingBackend {
+    fn set_gsi_routing(&self, routes: &[kvm_irq_routing_entry]) -> crate::Result<()> {
+        self.inner.set_gsi_routing(routes)?;
+        let mut ics = [0u8; 4];
+        if let Some(unit) = self.unit.get().and_then(Weak::upgrade) {
+            unit.mmio_read(offset::ICS, &mut ics);
+        }
+        let o = Observation::Commit {
+            routes: self.inner.committed.lock().unwrap().clone(),
+            status: self.status(),
+            ics: u32::from_le_bytes(ics),
+        };
+        self.seen.lock().unwrap().push(o);
+        Ok(())
+    }
+
+    fn register_irqfd(&self, fd: &EventFd, gsi: Gsi) -> crate::Result<()> {
+        self.inner.register_irqfd(fd, gsi)
+    }
+
+    fn unregister_irqfd(&self, fd: &EventFd, gsi: Gsi) -> crate::Result<()> {
+        self.inner.unregister_irqfd(fd, gsi)
+    }
+
+    fn signal_msi(&self, msi: MsiMessage) -> crate::Result<()> {
+        self.inner.signal_msi(msi)?;
+        let o = Observation::Event {
+            msi,
+            status: self.status(),
+        };
+        self.seen.lock().unwrap().push(o);
+        Ok(())
     }
 }
 
