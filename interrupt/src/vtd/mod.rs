@@ -107,6 +107,10 @@ impl Effects {
     }
 }
 
+/// Interrupt-remapping faults (info level; a guest can fault on every interrupt request).
+static FAULT_LOG: LazyLock<RateLimiter> =
+    LazyLock::new(|| RateLimiter::new(10, Duration::from_secs(1)));
+
 /// Event-interrupt delivery failures (a guest can program an undeliverable event message
 /// and trigger events in a loop).
 static EVENT_FAILURES: LazyLock<RateLimiter> =
@@ -321,6 +325,12 @@ impl RemapLayer for VtdUnit {
                 if fpd && reason.qualified() {
                     state.faults_suppressed += 1;
                 } else {
+                    crate::log_ratelimited!(
+                        log::Level::Info,
+                        FAULT_LOG,
+                        "vt-d: interrupt-remapping fault {:#x} ({reason:?}) index {index} from {requester}",
+                        reason as u8
+                    );
                     state.record_fault(reason, index, requester.0, &mut fx);
                 }
             }
