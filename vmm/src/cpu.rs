@@ -39,6 +39,12 @@ const CPUID_7_ECX_MOVDIRI: u32 = 1 << 27;
 /// Leaf 7.0 ECX: MOVDIR64B.
 const CPUID_7_ECX_MOVDIR64B: u32 = 1 << 28;
 
+/// KVM paravirt features leaf (KVM_CPUID_FEATURES).
+const CPUID_KVM_FEATURES: u32 = 0x4000_0001;
+/// KVM_CPUID_FEATURES EAX: KVM_FEATURE_MSI_EXT_DEST_ID, the guest may put destination ID
+/// bits 14:8 in MSI address bits 11:5 (the interrupt crate hands them to KVM).
+const KVM_FEATURE_MSI_EXT_DEST_ID: u32 = 1 << 15;
+
 /// Guest CPU features the VMM adds beyond what KVM reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExtraFeatures {
@@ -94,6 +100,8 @@ pub fn build_cpuid(base: &CpuId, cpu: u32, ncpus: u32, extra: ExtraFeatures) -> 
                 // AMD: number of cores - 1 and APIC ID size.
                 e.ecx = (e.ecx & !0xf0ff) | ((ncpus - 1).min(255)) | (core_bits.max(1) << 12);
             }
+            // APIC IDs up to 32767 reachable by MSIs and IOAPIC pins without an IOMMU.
+            CPUID_KVM_FEATURES => e.eax |= KVM_FEATURE_MSI_EXT_DEST_ID,
             0x8000_001e => {
                 // AMD extended APIC ID, compute unit = core.
                 e.eax = cpu;
@@ -306,6 +314,24 @@ mod tests {
         assert_eq!(find(&plain, 7, 0).ecx & CPUID_7_ECX_MOVDIR64B, 0);
         let dsa = build_cpuid(&base(), 0, 1, ExtraFeatures { movdir64b: true });
         assert_ne!(find(&dsa, 7, 0).ecx & CPUID_7_ECX_MOVDIR64B, 0);
+    }
+
+    #[test]
+    fn kvm_leaf_reports_msi_ext_dest_id() {
+        let kvm = kvm_cpuid_entry2 {
+            function: CPUID_KVM_FEATURES,
+            eax: 1, // KVM_FEATURE_CLOCKSOURCE, kept
+            ..Default::default()
+        };
+        let mut entries = base().as_slice().to_vec();
+        entries.push(kvm);
+        let c = build_cpuid(
+            &CpuId::from_entries(&entries).unwrap(),
+            300,
+            400,
+            ExtraFeatures::default(),
+        );
+        assert_eq!(find(&c, CPUID_KVM_FEATURES, 0).eax, 1 | (1 << 15));
     }
 
     #[test]
