@@ -12,7 +12,7 @@
 //! - Queued invalidation is processed synchronously on IQT writes; IEC descriptors
 //!   re-translate exactly the vectors whose IRTEs they name, and a wait descriptor writes
 //!   its status and raises the completion event only after the re-translation the
-//!   invalidations before it caused is done and committed.
+//!   invalidations before it caused is done (the new routes are in the vector layer).
 //! - Translation ([`RemapLayer::remap`]) reads the IRTE from guest memory in one 16-byte
 //!   access and reports faults 0x20–0x26 through the fault recording registers and the fault
 //!   event MSI.
@@ -228,9 +228,9 @@ impl VtdUnit {
 
     /// Drains the invalidation queue. Descriptors run in order under the state lock until a
     /// wait descriptor finds re-translation pending from the invalidations before it: the
-    /// lock is released, the re-translation done (routes committed), and only then does the
-    /// wait run (status write, IWC, completion event). Bounded by the queue size: each pass
-    /// executes at least one descriptor.
+    /// lock is released, the re-translation done (new routes in the vector layer), and only
+    /// then does the wait run (status write, IWC, completion event). Bounded by the queue
+    /// size: each pass executes at least one descriptor.
     fn drain_queue(&self) {
         loop {
             let mut fx = Effects::default();
@@ -268,9 +268,9 @@ impl VtdUnit {
         self.lock().ir_enabled()
     }
 
-    /// Carries out work collected under the lock. Re-translation comes first and its routes
-    /// are committed, so they are in place before a completion event tells the guest an
-    /// invalidation is done.
+    /// Carries out work collected under the lock. Re-translation comes first, so the new
+    /// routes are in the vector layer (which commits them before any vector fires) before a
+    /// completion event tells the guest an invalidation is done.
     fn apply(&self, fx: Effects) {
         if fx.retranslation_pending() {
             let hierarchy = self
@@ -283,12 +283,6 @@ impl VtdUnit {
                     h.retranslate(RetranslateScope::All);
                 } else {
                     h.retranslate_irtes(&fx.retranslate);
-                }
-                if let Err(e) = self.vectors.commit() {
-                    warn_ratelimited!(
-                        EVENT_FAILURES,
-                        "vt-d: cannot commit re-translated routes: {e}"
-                    );
                 }
             }
         }

@@ -19,7 +19,7 @@ use super::{VtdConfig, VtdUnit};
 use crate::hierarchy::InterruptHierarchy;
 use crate::msi::MsiMessage;
 use crate::remap::{RemapLayer, RemapOutcome, RequesterId};
-use crate::vector::{Gsi, KvmVectorLayer, RecordingBackend, RoutingBackend, VectorLayer};
+use crate::vector::{Gsi, KvmVectorLayer, RecordingBackend, Vector, VectorLayer, VectorLayerStats};
 
 /// Guest RAM size.
 pub(super) const RAM_SIZE: u64 = 0x40_0000;
@@ -60,44 +60,49 @@ impl Fixture {
     }
 
     pub fn with_records(num_fault_records: u8) -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap();
-        let backend = Arc::new(RecordingBackend::default());
-        Self::build(mem, backend.clone(), backend, num_fault_records)
+        Self::build(num_fault_records, |layer| layer)
     }
 
-    /// A fixture whose route commits and event messages are observed by an
-    /// [`ObservingBackend`], which notes what the guest could see at each of them.
-    pub fn observed() -> (Self, Arc<ObservingBackend>) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap();
-        let backend = Arc::new(RecordingBackend::default());
-        let observer = Arc::new(ObservingBackend {
-            inner: backend.clone(),
-            mem: mem.clone(),
-            unit: OnceLock::new(),
-            seen: Mutex::new(Vec::new()),
+    /// A fixture whose route updates and event messages go through an [`ObservingLayer`],
+    /// which notes what the guest could see at each of them.
+    pub fn observed() -> (Self, Arc<ObservingLayer>) {
+        let mut observer = None;
+        let f = Self::build(8, |layer| {
+            let o = Arc::new(ObservingLayer {
+                inner: layer,
+                mem: OnceLock::new(),
+                unit: OnceLock::new(),
+                seen: Mutex::new(Vec::new()),
+            });
+            observer = Some(o.clone());
+            o
         });
-        let f = Self::build(mem, observer.clone(), backend, 8);
+        let observer = observer.unwrap();
+        observer.mem.set(f.mem.clone()).unwrap();
         observer.unit.set(Arc::downgrade(&f.unit)).unwrap();
         (f, observer)
     }
 
+    /// The fixture, with the vector layer the unit and the hierarchy use made by `wrap`
+    /// from the recording KVM layer.
     fn build(
-        mem: GuestMemoryMmap,
-        routing: Arc<dyn RoutingBackend>,
-        backend: Arc<RecordingBackend>,
         num_fault_records: u8,
+        wrap: impl FnOnce(Arc<KvmVectorLayer>) -> Arc<dyn VectorLayer>,
     ) -> Self {
-        let layer = Arc::new(KvmVectorLayer::new(routing, 24, 4096));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap();
+        let backend = Arc::new(RecordingBackend::default());
+        let layer = Arc::new(KvmVectorLayer::new(backend.clone(), 24, 4096));
+        let vectors = wrap(layer.clone());
         let unit = VtdUnit::new(
             mem.clone(),
-            layer.clone(),
+            vectors.clone(),
             VtdConfig {
                 register_base: 0xFED9_0000,
                 ioapic_source_id: IOAPIC_SID,
                 num_fault_records,
             },
         );
-        let hierarchy = InterruptHierarchy::new(layer.clone(), unit.clone());
+        let hierarchy = InterruptHierarchy::new(vectors, unit.clone());
         unit.set_hierarchy(Arc::downgrade(&hierarchy));
         Self {
             mem,
@@ -312,13 +317,13 @@ impl Fixture {
 /// Second wait-status address (for batches with two waits).
 pub(super) const STATUS2_ADDR: u64 = 0x3008;
 
-/// What the guest could observe when the unit committed routes or sent an event message.
+/// What the guest could observe when a vector's route changed or an event message was sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Observation {
-    /// A route commit: the committed routes, the words at [`STATUS_ADDR`] and
-    /// [`STATUS2_ADDR`], and ICS.
-    Commit {
-        routes: Vec<(Gsi, MsiMessage)>,
+    /// A route update in the vector layer (`None`: route removed), with the words at
+    /// [`STATUS_ADDR`] and [`STATUS2_ADDR`] and ICS at that moment.
+    Route {
+        message: Option<MsiMessage>,
         status: [u32; 2],
         ics: u32,
     },
@@ -326,19 +331,28 @@ pub(super) enum Observation {
     Event { msi: MsiMessage, status: [u32; 2] },
 }
 
-/// A routing backend that forwards to a [`RecordingBackend`] and notes, at every route
-/// commit and event message, the wait-status words in guest memory and ICS: the order in
-/// which the guest could see new routes and completion.
-pub(super) struct ObservingBackend {
-    pub inner: Arc<RecordingBackend>,
-    pub mem: GuestMemoryMmap,
+/// A vector layer that forwards to the recording KVM layer and notes, at every route update
+/// and event message, the wait-status words in guest memory and ICS: the order in which the
+/// new routes and the completion of an invalidation became visible.
+pub(super) struct ObservingLayer {
+    pub inner: Arc<KvmVectorLayer>,
+    pub mem: OnceLock<GuestMemoryMmap>,
     pub unit: OnceLock<Weak<VtdUnit>>,
     pub seen: Mutex<Vec<Observation>>,
 }
 
-impl ObservingBackend {
+impl ObservingLayer {
     fn status(&self) -> [u32; 2] {
-        [STATUS_ADDR, STATUS2_ADDR].map(|a| self.mem.read_obj(GuestAddress(a)).unwrap())
+        let mem = self.mem.get().unwrap();
+        [STATUS_ADDR, STATUS2_ADDR].map(|a| mem.read_obj(GuestAddress(a)).unwrap())
+    }
+
+    fn ics(&self) -> u32 {
+        let mut ics = [0u8; 4];
+        if let Some(unit) = self.unit.get().and_then(Weak::upgrade) {
+            unit.mmio_read(offset::ICS, &mut ics);
+        }
+        u32::from_le_bytes(ics)
     }
 
     /// Observations so far, emptied.
@@ -347,38 +361,49 @@ impl ObservingBackend {
     }
 }
 
-impl RoutingBackend for ObservingBackend {
-    fn set_gsi_routing(&self, routes: &[kvm_irq_routing_entry]) -> crate::Result<()> {
-        self.inner.set_gsi_routing(routes)?;
-        let mut ics = [0u8; 4];
-        if let Some(unit) = self.unit.get().and_then(Weak::upgrade) {
-            unit.mmio_read(offset::ICS, &mut ics);
-        }
-        let o = Observation::Commit {
-            routes: self.inner.committed.lock().unwrap().clone(),
+impl VectorLayer for ObservingLayer {
+    fn allocate(&self, fixed: Option<Gsi>) -> crate::Result<Arc<Vector>> {
+        self.inner.allocate(fixed)
+    }
+
+    fn set_route(&self, vector: &Vector, message: Option<MsiMessage>) {
+        self.inner.set_route(vector, message);
+        let o = Observation::Route {
+            message,
             status: self.status(),
-            ics: u32::from_le_bytes(ics),
+            ics: self.ics(),
         };
         self.seen.lock().unwrap().push(o);
-        Ok(())
     }
 
-    fn register_irqfd(&self, fd: &EventFd, gsi: Gsi) -> crate::Result<()> {
-        self.inner.register_irqfd(fd, gsi)
+    fn free(&self, vector: Arc<Vector>) -> crate::Result<()> {
+        self.inner.free(vector)
     }
 
-    fn unregister_irqfd(&self, fd: &EventFd, gsi: Gsi) -> crate::Result<()> {
-        self.inner.unregister_irqfd(fd, gsi)
+    fn commit(&self) -> crate::Result<()> {
+        self.inner.commit()
     }
 
-    fn signal_msi(&self, msi: MsiMessage) -> crate::Result<()> {
-        self.inner.signal_msi(msi)?;
+    fn fire(&self, vector: &Vector) -> crate::Result<()> {
+        self.inner.fire(vector)
+    }
+
+    fn signal_msi(&self, message: MsiMessage) -> crate::Result<()> {
+        self.inner.signal_msi(message)
+    }
+
+    fn send_platform_msi(&self, msi: MsiMessage) -> crate::Result<()> {
+        self.inner.send_platform_msi(msi)?;
         let o = Observation::Event {
             msi,
             status: self.status(),
         };
         self.seen.lock().unwrap().push(o);
         Ok(())
+    }
+
+    fn stats(&self) -> VectorLayerStats {
+        self.inner.stats()
     }
 }
 

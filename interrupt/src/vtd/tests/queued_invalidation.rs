@@ -291,11 +291,11 @@ fn iec_invalidations_in_one_batch_collect_exactly_their_entries() {
 
 // --- ordering: a wait completes only after the re-translation ahead of it ---------------
 
-/// IR on, IRTEs 0..4 → vectors 0x40.., a 4-vector MSI-X domain on them with its routes
-/// committed; observations start empty.
+/// IR on, IRTEs 0..4 → vectors 0x40.., a 4-vector MSI-X domain on them; observations start
+/// empty.
 fn observed_setup() -> (
     Fixture,
-    Arc<ObservingBackend>,
+    Arc<ObservingLayer>,
     Arc<crate::domain::DeviceDomain>,
 ) {
     let (mut f, obs) = Fixture::observed();
@@ -310,7 +310,6 @@ fn observed_setup() -> (
         d.set_message(i, Some(msix_message(i as u16))).unwrap();
         d.set_masked(i, false).unwrap();
     }
-    f.layer.commit().unwrap();
     for addr in [STATUS_ADDR, STATUS2_ADDR] {
         f.mem.write_obj(0u32, GuestAddress(addr)).unwrap();
     }
@@ -318,49 +317,48 @@ fn observed_setup() -> (
     (f, obs, d)
 }
 
-/// The first observed commit whose routes deliver `vector`, with what the guest saw then.
-fn commit_delivering(seen: &[Observation], vector: u8) -> Option<([u32; 2], u32)> {
-    seen.iter().find_map(|o| match o {
-        Observation::Commit {
-            routes,
+/// Position of the first route update to `vector`, with what the guest saw then.
+fn route_to(seen: &[Observation], vector: u8) -> Option<(usize, [u32; 2], u32)> {
+    seen.iter().enumerate().find_map(|(i, o)| match o {
+        Observation::Route {
+            message: Some(m),
             status,
             ics,
-        } if routes.iter().any(|(_, m)| m.vector() == vector) => Some((*status, *ics)),
+        } if m.vector() == vector => Some((i, *status, *ics)),
         _ => None,
     })
 }
 
 #[test]
-fn wait_status_is_written_after_the_invalidated_routes_are_committed() {
+fn wait_status_is_written_after_the_invalidated_routes_are_updated() {
     let (mut f, obs, _d) = observed_setup();
     f.write_irte(1, irte(0, 0x81, DEV));
     f.submit(&[iec_index(1, 0), wait_sw(QI_DONE, STATUS_ADDR)]);
     let seen = obs.take();
-    let (status, _) = commit_delivering(&seen, 0x81).expect("new route committed by the wait");
+    let (_, status, _) = route_to(&seen, 0x81).expect("route updated before the wait returned");
     assert_eq!(
         status,
         [0, 0],
-        "status written before the new route was in place"
+        "status written before the new route: {seen:?}"
     );
     assert_eq!(f.status(), QI_DONE);
+    // The committed route follows at the next fire or commit.
+    assert!(f.routes().iter().any(|(_, m)| m.vector() == 0x81));
 }
 
 #[test]
-fn iwc_and_completion_event_come_after_the_invalidated_routes_are_committed() {
+fn iwc_and_completion_event_come_after_the_invalidated_routes_are_updated() {
     let (mut f, obs, _d) = observed_setup();
     f.write_irte(2, irte(0, 0x82, DEV));
     f.submit(&[iec_global(), wait_if()]);
     let seen = obs.take();
-    let commit = seen
-        .iter()
-        .position(|o| matches!(o, Observation::Commit { routes, .. } if routes.iter().any(|(_, m)| m.vector() == 0x82)))
-        .expect("new route committed");
+    let (route, _, ics_then) = route_to(&seen, 0x82).expect("route updated");
     let event = seen
         .iter()
         .position(|o| matches!(o, Observation::Event { msi, .. } if *msi == ie_msg()))
         .expect("completion event sent");
-    assert!(commit < event, "{seen:?}");
-    assert_eq!(commit_delivering(&seen, 0x82).unwrap().1 & ics::IWC, 0);
+    assert!(route < event, "{seen:?}");
+    assert_eq!(ics_then & ics::IWC, 0, "IWC set before the new route");
     assert_eq!(f.read32(offset::ICS), ics::IWC);
 }
 
@@ -376,29 +374,12 @@ fn each_wait_in_a_batch_follows_only_the_invalidations_before_it() {
         wait_sw(2, STATUS2_ADDR),
     ]);
     let seen = obs.take();
-    // Entry 1's route was committed before either status; entry 2's after the first wait
-    // and before the second.
-    let first = seen
-        .iter()
-        .find_map(|o| match o {
-            Observation::Commit { routes, status, .. }
-                if routes.iter().any(|(_, m)| m.vector() == 0x81)
-                    && !routes.iter().any(|(_, m)| m.vector() == 0x82) =>
-            {
-                Some(*status)
-            }
-            _ => None,
-        })
-        .expect("entry 1 re-routed on its own");
-    assert_eq!(first, [0, 0]);
-    assert_eq!(commit_delivering(&seen, 0x82).unwrap().0, [1, 0]);
-    assert_eq!(
-        [
-            f.status(),
-            f.mem.read_obj(GuestAddress(STATUS2_ADDR)).unwrap()
-        ],
-        [1, 2]
-    );
+    // Entry 1's route before either status; entry 2's after the first wait and before the
+    // second.
+    assert_eq!(route_to(&seen, 0x81).map(|r| r.1), Some([0, 0]), "{seen:?}");
+    assert_eq!(route_to(&seen, 0x82).map(|r| r.1), Some([1, 0]), "{seen:?}");
+    let status2: u32 = f.mem.read_obj(GuestAddress(STATUS2_ADDR)).unwrap();
+    assert_eq!([f.status(), status2], [1, 2]);
     let delivered: Vec<_> = d
         .snapshot()
         .iter()
@@ -412,13 +393,12 @@ fn each_wait_in_a_batch_follows_only_the_invalidations_before_it() {
 }
 
 #[test]
-fn a_wait_with_nothing_to_re_translate_commits_nothing() {
+fn a_wait_with_nothing_to_re_translate_changes_no_route() {
     let (mut f, obs, _d) = observed_setup();
     assert!(f.submit_sync(&[]));
+    let seen = obs.take();
     assert!(
-        obs.take()
-            .iter()
-            .all(|o| !matches!(o, Observation::Commit { .. })),
-        "no route changed"
+        seen.iter().all(|o| !matches!(o, Observation::Route { .. })),
+        "{seen:?}"
     );
 }
