@@ -10,9 +10,7 @@ mod translation;
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use kvm_bindings::kvm_irq_routing_entry;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::spec::{desc, event_ctl, gcmd, gsts, irta, offset, FaultRecord, Irte};
 use super::{VtdConfig, VtdUnit};
