@@ -402,3 +402,21 @@ fn a_wait_with_nothing_to_re_translate_changes_no_route() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_full_queue_of_invalidations_each_followed_by_a_wait_completes_in_one_write() {
+    let (mut f, obs, _d) = observed_setup();
+    f.gcmd_clear(gcmd::QIE);
+    f.enable_qi_at(0x20_0000, 7); // 32768 entries
+    let mut descs = Vec::new();
+    for i in 0..16_383u32 {
+        descs.push(iec_index(i % 4, 0));
+        descs.push(wait_sw(i + 1, STATUS_ADDR));
+    }
+    f.submit(&descs);
+    assert_eq!(f.iqh(), 32_766);
+    assert_eq!(f.status(), 16_383);
+    assert_eq!(f.read32(offset::FSTS) & crate::vtd::spec::fsts::IQE, 0);
+    // Translations did not change, so no route was touched.
+    assert!(obs.take().is_empty());
+}
