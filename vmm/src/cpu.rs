@@ -183,7 +183,27 @@ pub fn configure_vcpu(
     };
     vcpu.set_fpu(&fpu).map_err(cpu_err("KVM_SET_FPU", cpu))?;
     set_lint(vcpu, cpu)?;
+    if needs_x2apic_at_boot(ncpus) {
+        enable_x2apic(vcpu, cpu)?;
+    }
     Ok(())
+}
+
+/// Whether vCPUs start with the x2APIC enabled, as firmware leaves them when an APIC ID
+/// does not fit the xAPIC's 8 bits (0xFF is the xAPIC broadcast ID): Linux registers MADT
+/// x2APIC entries with IDs of 255 and above only when it finds the x2APIC already enabled.
+fn needs_x2apic_at_boot(ncpus: u32) -> bool {
+    ncpus > 255
+}
+
+/// Switches the vCPU's local APIC to x2APIC mode (IA32_APIC_BASE EN | EXTD).
+fn enable_x2apic(vcpu: &VcpuFd, cpu: u32) -> Result<(), CpuError> {
+    const APIC_BASE_EXTD: u64 = 1 << 10;
+    const APIC_BASE_EN: u64 = 1 << 11;
+    let mut sregs = vcpu.get_sregs().map_err(cpu_err("KVM_GET_SREGS", cpu))?;
+    sregs.apic_base |= APIC_BASE_EN | APIC_BASE_EXTD;
+    vcpu.set_sregs(&sregs)
+        .map_err(cpu_err("KVM_SET_SREGS", cpu))
 }
 
 /// LINT0 = ExtINT, LINT1 = NMI, as firmware leaves them.
@@ -332,6 +352,12 @@ mod tests {
             ExtraFeatures::default(),
         );
         assert_eq!(find(&c, CPUID_KVM_FEATURES, 0).eax, 1 | (1 << 15));
+    }
+
+    #[test]
+    fn x2apic_is_enabled_at_boot_only_when_an_apic_id_needs_it() {
+        assert!(!needs_x2apic_at_boot(255)); // IDs 0..=254
+        assert!(needs_x2apic_at_boot(256)); // ID 255 is the xAPIC broadcast ID
     }
 
     #[test]
