@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::time::Duration;
 
+use interrupt::msi::EXT_DEST_ID_SHIFT;
 use interrupt::{
     warn_ratelimited, DeviceDomain, DomainKind, InterruptHierarchy, MsiMessage, RateLimiter,
     RequesterId,
@@ -60,6 +61,9 @@ pub mod rte {
     pub const MASKED: u64 = 1 << 16;
     /// Destination (63:56).
     pub const DEST_SHIFT: u32 = 56;
+    /// Extended destination ID (55:49, Linux's `virt_destid_8_14`): destination bits 14:8
+    /// of a compatibility-format entry when the guest uses `KVM_FEATURE_MSI_EXT_DEST_ID`.
+    pub const EXT_DEST_SHIFT: u32 = 49;
     /// Interrupt format (48): remappable when set (version 0x20 with remapping).
     pub const REMAPPABLE: u64 = 1 << 48;
     /// Remappable format: interrupt index bits 14:0 (63:49).
@@ -202,13 +206,17 @@ impl Ioapic {
             m.data = (entry & rte::VECTOR) as u32;
             return m;
         }
-        MsiMessage::compose(
+        let mut m = MsiMessage::compose(
             (entry >> rte::DEST_SHIFT) as u32,
             entry & rte::DEST_LOGICAL != 0,
             (entry & rte::VECTOR) as u8,
             ((entry >> rte::DELIVERY_MODE_SHIFT) & 7) as u8,
             entry & rte::LEVEL != 0,
-        )
+        );
+        // Destination bits 14:8 go where the MSI carries them (the vector layer hands
+        // them to KVM in its x2APIC form).
+        m.address |= ((entry >> rte::EXT_DEST_SHIFT) & 0x7f) << EXT_DEST_ID_SHIFT;
+        m
     }
 
     fn write_rte(&self, s: &mut State, pin: usize, value: u64) {
@@ -406,6 +414,27 @@ mod tests {
         assert_eq!(routes.len(), 1);
         assert!(routes[0].1.level_triggered());
         assert_eq!(routes[0].1.destination(), 2);
+    }
+
+    #[test]
+    fn extended_destination_bits_reach_the_route_in_x2apic_form() {
+        // APIC ID 300 as Linux writes it with KVM_FEATURE_MSI_EXT_DEST_ID: 300 & 0xff in
+        // 63:56, 300 >> 8 in 55:49 (virt_destid_8_14).
+        let (b, io) = setup();
+        let hi = (44u32 << 24) | (1 << (rte::EXT_DEST_SHIFT - 32));
+        program(&io, 5, 0x35, hi);
+        io.pulse(5);
+        let routes = b.committed.lock().unwrap().clone();
+        assert_eq!(routes.len(), 1);
+        let m = routes[0].1;
+        assert_eq!((m.address_lo(), m.address_hi()), (0xFEE2_C000, 0x100));
+        assert_eq!((m.destination(), m.vector()), (300, 0x35));
+        // Remappable entries keep bits 63:49 as the IRTE index.
+        let e = rte::REMAPPABLE | (0x7fu64 << rte::EXT_DEST_SHIFT);
+        assert_eq!(
+            Ioapic::entry_message(e, IOAPIC_VERSION_20).remap_index(),
+            Some(0x7f)
+        );
     }
 
     #[test]

@@ -12,15 +12,21 @@
 //! - freeing one vector touches no other vector's route or irqfd.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
 
-use log::{error, warn};
+use log::warn;
 
 use crate::hierarchy::InterruptHierarchy;
 use crate::msi::MsiMessage;
-use crate::remap::{RemapOutcome, RequesterId, RetranslateScope};
+use crate::ratelimit::RateLimiter;
+use crate::remap::{IrteRanges, RemapOutcome, RequesterId, RetranslateScope};
 use crate::vector::{Gsi, Vector};
-use crate::{Error, Result};
+use crate::{error_ratelimited, warn_ratelimited, Error, Result};
+
+/// Activation and delivery failures happen per interrupt request, which a guest controls.
+static DELIVERY_FAILURES: LazyLock<RateLimiter> =
+    LazyLock::new(|| RateLimiter::new(10, Duration::from_secs(1)));
 
 /// The kind of per-device domain, named after the kernel's domains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,10 +247,20 @@ impl DeviceDomain {
     /// remap layer's state changed); returns how many were re-routed. irqfds and GSIs are
     /// kept, so no interrupt fired meanwhile is lost.
     pub fn retranslate(&self, scope: RetranslateScope) -> Result<usize> {
+        self.retranslate_where(|m| scope.covers(m))
+    }
+
+    /// Like [`retranslate`](Self::retranslate) for the vectors whose message selects an IRTE
+    /// in `ranges` (exactly those: indices between the ranges are left alone).
+    pub fn retranslate_irtes(&self, ranges: &IrteRanges) -> Result<usize> {
+        self.retranslate_where(|m| ranges.covers(m))
+    }
+
+    fn retranslate_where(&self, covers: impl Fn(&MsiMessage) -> bool) -> Result<usize> {
         let mut v = self.lock();
         let mut n = 0;
         for d in v.iter_mut() {
-            let covered = d.vector.is_some() && d.message.is_some_and(|m| scope.covers(&m));
+            let covered = d.vector.is_some() && d.message.is_some_and(|m| covers(&m));
             if covered {
                 self.route(d)?;
                 n += 1;
@@ -321,7 +337,11 @@ impl DeviceDomain {
     fn deliver(&self, d: &mut VectorDesc) {
         if d.vector.is_none() && d.message.is_some() {
             if let Err(e) = self.route(d) {
-                warn!("{}: cannot activate vector: {e}", self.name);
+                warn_ratelimited!(
+                    DELIVERY_FAILURES,
+                    "{}: cannot activate vector: {e}",
+                    self.name
+                );
             }
         }
         let layer = self.hierarchy.vector_layer();
@@ -343,7 +363,11 @@ impl DeviceDomain {
             Ok(()) => d.deliveries += 1,
             Err(e) => {
                 d.dropped += 1;
-                error!("{}: interrupt delivery failed: {e}", self.name);
+                error_ratelimited!(
+                    DELIVERY_FAILURES,
+                    "{}: interrupt delivery failed: {e}",
+                    self.name
+                );
             }
         }
     }

@@ -3,13 +3,20 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use log::warn;
 
 use crate::domain::{DeviceDomain, DomainKind};
-use crate::remap::{RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
+use crate::ratelimit::RateLimiter;
+use crate::remap::{IrteRanges, RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
 use crate::vector::{Gsi, VectorLayer};
+use crate::warn_ratelimited;
+
+/// Re-translation failures (a guest rewriting IRTEs in a loop can cause them repeatedly).
+static RETRANSLATE_FAILURES: LazyLock<RateLimiter> =
+    LazyLock::new(|| RateLimiter::new(10, Duration::from_secs(1)));
 
 /// The interrupt hierarchy of one VM.
 pub struct InterruptHierarchy {
@@ -78,11 +85,29 @@ impl InterruptHierarchy {
     /// remap layer after an invalidation or an enable change); returns how many vectors
     /// were re-routed. The new routes are committed before the next fire.
     pub fn retranslate(&self, scope: RetranslateScope) -> usize {
+        self.retranslate_each(|d| d.retranslate(scope))
+    }
+
+    /// Re-translates exactly the active vectors whose message selects an IRTE in `ranges`
+    /// (one walk over the domains however many ranges there are); returns how many vectors
+    /// were re-routed.
+    pub fn retranslate_irtes(&self, ranges: &IrteRanges) -> usize {
+        if ranges.is_empty() {
+            return 0;
+        }
+        self.retranslate_each(|d| d.retranslate_irtes(ranges))
+    }
+
+    fn retranslate_each(&self, f: impl Fn(&DeviceDomain) -> crate::Result<usize>) -> usize {
         self.domains()
             .iter()
             .map(|d| {
-                d.retranslate(scope).unwrap_or_else(|e| {
-                    warn!("{}: re-translation failed: {e}", d.name());
+                f(d).unwrap_or_else(|e| {
+                    warn_ratelimited!(
+                        RETRANSLATE_FAILURES,
+                        "{}: re-translation failed: {e}",
+                        d.name()
+                    );
                     0
                 })
             })

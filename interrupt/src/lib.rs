@@ -28,7 +28,7 @@ pub use error::Error;
 pub use hierarchy::InterruptHierarchy;
 pub use msi::MsiMessage;
 pub use ratelimit::RateLimiter;
-pub use remap::{NoRemap, RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
+pub use remap::{IrteRanges, NoRemap, RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
 pub use vector::{
     Gsi, KvmVectorLayer, RecordingBackend, RoutingBackend, Vector, VectorLayer, VectorLayerStats,
 };

@@ -7,6 +7,13 @@ pub const MSI_ADDRESS_BASE: u64 = 0xFEE0_0000;
 /// Mask selecting the interrupt address window from an MSI address.
 pub const MSI_ADDRESS_WINDOW_MASK: u64 = 0xFFF0_0000;
 
+/// Compatibility-format address bits 11:5: destination ID bits 14:8 when the guest uses the
+/// extended destination ID (Linux's `virt_destid_8_14`, enabled by
+/// `KVM_FEATURE_MSI_EXT_DEST_ID`). Reserved in the architectural format.
+pub const EXT_DEST_ID_MASK: u64 = 0x7f << EXT_DEST_ID_SHIFT;
+/// Position of [`EXT_DEST_ID_MASK`] in the address.
+pub const EXT_DEST_ID_SHIFT: u32 = 5;
+
 /// x86 delivery modes encoded in MSI data bits 10:8.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeliveryMode {
@@ -103,9 +110,35 @@ impl MsiMessage {
         Self { address, data: 0 }
     }
 
-    /// Destination APIC ID (compatibility format; includes KVM x2APIC high bits).
+    /// Destination APIC ID (compatibility format; includes KVM x2APIC high bits, or the
+    /// extended destination ID bits 14:8 as [`kvm_format`](Self::kvm_format) decodes them).
     pub fn destination(&self) -> u32 {
-        (((self.address >> 12) & 0xff) as u32) | (((self.address >> 32) as u32) & 0xffff_ff00)
+        let m = self.kvm_format();
+        (((m.address >> 12) & 0xff) as u32) | (((m.address >> 32) as u32) & 0xffff_ff00)
+    }
+
+    /// The message as KVM's x2APIC API (`KVM_X2APIC_API_USE_32BIT_IDS`) takes it: KVM reads
+    /// destination bits 31:8 from address bits 63:40 only, so a compatibility-format message
+    /// carrying the extended destination ID (bits 14:8 in address bits 11:5, as a guest told
+    /// `KVM_FEATURE_MSI_EXT_DEST_ID` writes it) has those bits moved to address bits 46:40.
+    ///
+    /// Unchanged: remappable-format messages (bits 11:5 are the IRTE handle), writes outside
+    /// the interrupt window, messages whose upper address is already set (the x2APIC API
+    /// form wins and bits 11:5 are ignored, as KVM ignores them), and messages without
+    /// extended bits.
+    pub fn kvm_format(self) -> Self {
+        let ext = (self.address & EXT_DEST_ID_MASK) >> EXT_DEST_ID_SHIFT;
+        if ext == 0
+            || self.is_remappable()
+            || !self.targets_interrupt_window()
+            || self.address_hi() != 0
+        {
+            return self;
+        }
+        Self {
+            address: (self.address & !EXT_DEST_ID_MASK) | (ext << 40),
+            data: self.data,
+        }
     }
 
     /// Destination mode: true for logical.
@@ -162,6 +195,57 @@ impl fmt::Display for MsiMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message as Linux composes it for `dest` < 0x8000 with the extended destination ID.
+    fn ext_dest(dest: u32, vector: u8) -> MsiMessage {
+        let address =
+            MSI_ADDRESS_BASE | (u64::from(dest & 0xff) << 12) | (u64::from(dest >> 8 & 0x7f) << 5);
+        MsiMessage::new(address as u32, 0, u32::from(vector))
+    }
+
+    #[test]
+    fn ext_dest_id_moves_to_the_x2apic_api_high_bits() {
+        let m = ext_dest(300, 0x41);
+        assert_eq!(m.address, 0xFEE2_C020);
+        let k = m.kvm_format();
+        assert_eq!((k.address_lo(), k.address_hi()), (0xFEE2_C000, 0x100));
+        assert_eq!(
+            k.address,
+            MsiMessage::compose(300, false, 0x41, 0, false).address
+        );
+        assert_eq!(k.data, 0x41);
+        assert_eq!(m.destination(), 300);
+        // The largest extended ID, 0x7fff.
+        let k = ext_dest(0x7fff, 0x41).kvm_format();
+        assert_eq!((k.address_lo(), k.address_hi()), (0xFEEF_F000, 0x7f00));
+    }
+
+    #[test]
+    fn ext_dest_id_is_ignored_in_remappable_format() {
+        // Bits 11:5 are the IRTE handle there.
+        let m = MsiMessage::remappable(0x123);
+        assert_eq!(m.kvm_format(), m);
+    }
+
+    #[test]
+    fn ext_dest_id_is_ignored_when_the_upper_address_is_set() {
+        let mut m = MsiMessage::compose(0x1_2345, false, 0x41, 0, false);
+        m.address |= 0x7f << 5;
+        assert_eq!(m.kvm_format(), m);
+        assert_eq!(m.destination(), 0x1_2345);
+    }
+
+    #[test]
+    fn ext_dest_id_is_ignored_outside_the_interrupt_window() {
+        let m = MsiMessage::new(0x1000_0020, 0, 0x41);
+        assert_eq!(m.kvm_format(), m);
+    }
+
+    #[test]
+    fn messages_without_ext_bits_are_unchanged() {
+        let m = MsiMessage::compose(7, true, 0x41, 1, true);
+        assert_eq!(m.kvm_format(), m);
+    }
 
     #[test]
     fn compose_roundtrips_fields() {

@@ -116,24 +116,42 @@ impl RateLimiter {
     }
 }
 
-/// `log::warn!` through a [`RateLimiter`]: the message is logged only when the limiter allows
-/// it, with " (K similar messages suppressed)" appended when some were dropped before it.
+/// `log::log!` through a [`RateLimiter`]: the message is logged at `$level` only when the
+/// limiter allows it, with " (K similar messages suppressed)" appended when some were
+/// dropped before it.
 ///
 /// `$limiter` is an expression of type `RateLimiter` (auto-referenced).
 #[macro_export]
-macro_rules! warn_ratelimited {
-    ($limiter:expr, $($arg:tt)+) => {
+macro_rules! log_ratelimited {
+    ($level:expr, $limiter:expr, $($arg:tt)+) => {
         if let Some(suppressed) = $limiter.check() {
             if suppressed == 0 {
-                $crate::__log::warn!($($arg)+);
+                $crate::__log::log!($level, $($arg)+);
             } else {
-                $crate::__log::warn!(
+                $crate::__log::log!(
+                    $level,
                     "{} ({} similar messages suppressed)",
                     format_args!($($arg)+),
                     suppressed
                 );
             }
         }
+    };
+}
+
+/// [`log_ratelimited!`] at warn level.
+#[macro_export]
+macro_rules! warn_ratelimited {
+    ($limiter:expr, $($arg:tt)+) => {
+        $crate::log_ratelimited!($crate::__log::Level::Warn, $limiter, $($arg)+)
+    };
+}
+
+/// [`log_ratelimited!`] at error level.
+#[macro_export]
+macro_rules! error_ratelimited {
+    ($limiter:expr, $($arg:tt)+) => {
+        $crate::log_ratelimited!($crate::__log::Level::Error, $limiter, $($arg)+)
     };
 }
 

@@ -86,6 +86,69 @@ impl RetranslateScope {
     }
 }
 
+/// A set of IRTE indices kept as sorted, disjoint half-open ranges: what a batch of
+/// index-selective invalidations names, exactly. Ranges merge only when they overlap or
+/// abut, so an entry between two invalidated ranges stays outside the set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IrteRanges {
+    /// `(start, end)` pairs, sorted by start, non-overlapping and non-adjacent.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl IrteRanges {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds indices `start..start + count` (clamped to the 32-bit index space).
+    pub fn insert(&mut self, start: u32, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let (mut lo, mut hi) = (u64::from(start), u64::from(start) + u64::from(count));
+        // First range that ends at or after `lo` (it may touch the new one).
+        let first = self.ranges.partition_point(|&(_, e)| e < lo);
+        let mut last = first;
+        while last < self.ranges.len() && self.ranges[last].0 <= hi {
+            lo = lo.min(self.ranges[last].0);
+            hi = hi.max(self.ranges[last].1);
+            last += 1;
+        }
+        self.ranges.splice(first..last, [(lo, hi)]);
+    }
+
+    /// Whether no index is in the set.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Whether IRTE `index` is in the set.
+    pub fn contains(&self, index: u32) -> bool {
+        let i = u64::from(index);
+        let pos = self.ranges.partition_point(|&(_, e)| e <= i);
+        self.ranges.get(pos).is_some_and(|&(s, _)| s <= i)
+    }
+
+    /// Whether a vector carrying `message` is affected: a remappable-format message whose
+    /// IRTE index is in the set.
+    pub fn covers(&self, message: &MsiMessage) -> bool {
+        message.remap_index().is_some_and(|i| self.contains(i))
+    }
+
+    /// The ranges as `(start, count)`, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.ranges
+            .iter()
+            .map(|&(s, e)| (s as u32, (e - s).min(u64::from(u32::MAX)) as u32))
+    }
+
+    /// Removes every index.
+    pub fn clear(&mut self) {
+        self.ranges.clear();
+    }
+}
+
 /// The pass-through layer used when no IOMMU is configured.
 #[derive(Debug, Default)]
 pub struct NoRemap;
@@ -137,6 +200,55 @@ mod tests {
         assert!(!s.covers(&MsiMessage::remappable(12)));
         assert!(!s.covers(&MsiMessage::compose(0, false, 0x30, 0, false)));
         assert!(RetranslateScope::All.covers(&MsiMessage::compose(0, false, 0x30, 0, false)));
+    }
+
+    fn ranges(r: &IrteRanges) -> Vec<(u32, u32)> {
+        r.iter().collect()
+    }
+
+    #[test]
+    fn irte_ranges_keep_disjoint_ranges_apart() {
+        let mut r = IrteRanges::new();
+        r.insert(0, 1);
+        r.insert(2, 1);
+        assert_eq!(ranges(&r), [(0, 1), (2, 1)]);
+        assert!(r.contains(0) && !r.contains(1) && r.contains(2) && !r.contains(3));
+        assert!(!r.covers(&MsiMessage::remappable(1)));
+        assert!(r.covers(&MsiMessage::remappable(2)));
+        assert!(!r.covers(&MsiMessage::compose(0, false, 0x30, 0, false)));
+    }
+
+    #[test]
+    fn irte_ranges_merge_when_they_abut_or_overlap() {
+        let mut r = IrteRanges::new();
+        r.insert(8, 4);
+        r.insert(12, 4); // abuts
+        assert_eq!(ranges(&r), [(8, 8)]);
+        r.insert(4, 5); // overlaps the start
+        assert_eq!(ranges(&r), [(4, 12)]);
+        r.insert(30, 2);
+        r.insert(20, 2);
+        assert_eq!(ranges(&r), [(4, 12), (20, 2), (30, 2)]);
+        r.insert(16, 14); // bridges all three
+        assert_eq!(ranges(&r), [(4, 28)]);
+        r.insert(10, 1); // inside
+        assert_eq!(ranges(&r), [(4, 28)]);
+        r.insert(0, 0); // empty
+        assert_eq!(ranges(&r), [(4, 28)]);
+        r.clear();
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn irte_ranges_insert_out_of_order_stays_sorted() {
+        let mut r = IrteRanges::new();
+        for i in [50u32, 10, 30, 70, 0] {
+            r.insert(i, 2);
+        }
+        assert_eq!(ranges(&r), [(0, 2), (10, 2), (30, 2), (50, 2), (70, 2)]);
+        r.insert(u32::MAX, u32::MAX);
+        assert!(r.contains(u32::MAX));
+        assert!(!r.contains(u32::MAX - 1));
     }
 
     #[test]

@@ -253,7 +253,10 @@ impl KvmVectorLayer {
     }
 }
 
+/// The KVM route for `msg` (in KVM's x2APIC API form: an extended destination ID in
+/// address bits 11:5 is moved to the upper address, see [`MsiMessage::kvm_format`]).
 fn msi_route(gsi: Gsi, msg: MsiMessage) -> kvm_irq_routing_entry {
+    let msg = msg.kvm_format();
     let mut entry = kvm_irq_routing_entry {
         gsi,
         type_: KVM_IRQ_ROUTING_MSI,
@@ -366,11 +369,11 @@ impl VectorLayer for KvmVectorLayer {
 
     fn signal_msi(&self, message: MsiMessage) -> Result<()> {
         self.slow_path_signals.fetch_add(1, Ordering::Relaxed);
-        self.backend.signal_msi(message)
+        self.backend.signal_msi(message.kvm_format())
     }
 
     fn send_platform_msi(&self, message: MsiMessage) -> Result<()> {
-        self.backend.signal_msi(message)
+        self.backend.signal_msi(message.kvm_format())
     }
 
     fn stats(&self) -> VectorLayerStats {
@@ -444,6 +447,28 @@ mod tests {
 
     fn msg(v: u8) -> MsiMessage {
         MsiMessage::compose(0, false, v, 0, false)
+    }
+
+    #[test]
+    fn routes_and_signals_carry_the_extended_destination_in_the_upper_address() {
+        let (b, l) = layer(0, 8);
+        let v = l.allocate(None).unwrap();
+        // APIC ID 300 as a guest with KVM_FEATURE_MSI_EXT_DEST_ID writes it: bits 7:0 in
+        // address bits 19:12, bits 14:8 in address bits 11:5.
+        let ext = MsiMessage::new(0xFEE2_C000 | (1 << 5), 0, 0x4041);
+        l.set_route(&v, Some(ext));
+        l.commit().unwrap();
+        let routed = b.committed.lock().unwrap()[0].1;
+        assert_eq!(
+            (routed.address_lo(), routed.address_hi()),
+            (0xFEE2_C000, 0x100)
+        );
+        assert_eq!(routed.destination(), 300);
+        l.signal_msi(ext).unwrap();
+        l.send_platform_msi(ext).unwrap();
+        for m in b.signalled.lock().unwrap().iter() {
+            assert_eq!((m.address_lo(), m.address_hi()), (0xFEE2_C000, 0x100));
+        }
     }
 
     #[test]

@@ -615,6 +615,47 @@ fn compat_msi_with_high_destination_bits_reaches_apic_above_255() {
     done(TEST, t);
 }
 
+/// 6c. Without an IOMMU, a compatibility-format MSI for APIC ID 300 as a guest told
+///     KVM_FEATURE_MSI_EXT_DEST_ID writes it (destination bits 7:0 in address bits 19:12,
+///     bits 14:8 in address bits 11:5, upper address 0) reaches the vCPU with APIC ID 300;
+///     so does an IOAPIC pin whose entry carries bits 14:8 in 55:49 (virt_destid_8_14).
+#[test]
+fn ext_dest_id_msi_reaches_apic_above_255_without_iommu() {
+    const TEST: &str = "ext_dest_id_msi_reaches_apic_above_255_without_iommu";
+    const PIN: u32 = 6;
+    let t = Instant::now();
+    let Some(id) = high_apic_id(TEST) else {
+        return;
+    };
+    let Some(mut g) = KvmGuest::with_vcpu_id(TEST, id) else {
+        return;
+    };
+    g.start(VcpuHooks::default());
+    let h = g.hierarchy(IOAPIC_PINS, 4096);
+    let d = msix_domain(&h, 1);
+    let address = 0xFEE0_0000 | ((id & 0xff) << 12) | (((id >> 8) & 0x7f) << 5);
+    let m = MsiMessage::new(address, 0, 0x4c);
+    assert_eq!(m.destination(), id);
+    activate(&d, 0, m);
+    for i in 1..=10 {
+        d.fire(0).unwrap();
+        g.wait_count(0x4c, i);
+    }
+    let ioapic = Ioapic::new(0, &h);
+    let entry = (u64::from(id & 0xff) << rte::DEST_SHIFT)
+        | (u64::from((id >> 8) & 0x7f) << rte::EXT_DEST_SHIFT)
+        | 0x4d;
+    program_rte(&ioapic, PIN, entry);
+    for i in 1..=10 {
+        ioapic.pulse(PIN as usize);
+        g.wait_count(0x4d, i);
+    }
+    g.assert_counts(&[(0x4c, 10), (0x4d, 10)]);
+    assert_eq!(d.vector_snapshot(0).unwrap().deliveries, 10);
+    assert_eq!(ioapic.delivered(PIN as usize), 10);
+    done(TEST, t);
+}
+
 /// The VMM's reset stub, placed at the reset vector (0xFFFF0) of a real-mode vCPU started
 /// at F000:FFF0 like after a CPU reset: it writes 0xFE to port 0x64 (the i8042 reset
 /// pulse), halts, and jumps back to the write if woken.

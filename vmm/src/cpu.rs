@@ -39,6 +39,12 @@ const CPUID_7_ECX_MOVDIRI: u32 = 1 << 27;
 /// Leaf 7.0 ECX: MOVDIR64B.
 const CPUID_7_ECX_MOVDIR64B: u32 = 1 << 28;
 
+/// KVM paravirt features leaf (KVM_CPUID_FEATURES).
+const CPUID_KVM_FEATURES: u32 = 0x4000_0001;
+/// KVM_CPUID_FEATURES EAX: KVM_FEATURE_MSI_EXT_DEST_ID, the guest may put destination ID
+/// bits 14:8 in MSI address bits 11:5 (the interrupt crate hands them to KVM).
+const KVM_FEATURE_MSI_EXT_DEST_ID: u32 = 1 << 15;
+
 /// Guest CPU features the VMM adds beyond what KVM reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExtraFeatures {
@@ -140,6 +146,8 @@ pub fn build_cpuid(base: &CpuId, cpu: u32, ncpus: u32, extra: ExtraFeatures) -> 
                 // AMD: number of cores - 1 and APIC ID size.
                 e.ecx = (e.ecx & !0xf0ff) | ((ncpus - 1).min(255)) | (core_bits.max(1) << 12);
             }
+            // APIC IDs up to 32767 reachable by MSIs and IOAPIC pins without an IOMMU.
+            CPUID_KVM_FEATURES => e.eax |= KVM_FEATURE_MSI_EXT_DEST_ID,
             0x8000_001e => {
                 // AMD extended APIC ID, compute unit = core.
                 e.eax = cpu;
@@ -221,7 +229,27 @@ pub fn configure_vcpu(
     };
     vcpu.set_fpu(&fpu).map_err(cpu_err("KVM_SET_FPU", cpu))?;
     set_lint(vcpu, cpu)?;
+    if needs_x2apic_at_boot(ncpus) {
+        enable_x2apic(vcpu, cpu)?;
+    }
     Ok(())
+}
+
+/// Whether vCPUs start with the x2APIC enabled, as firmware leaves them when an APIC ID
+/// does not fit the xAPIC's 8 bits (0xFF is the xAPIC broadcast ID): Linux registers MADT
+/// x2APIC entries with IDs of 255 and above only when it finds the x2APIC already enabled.
+fn needs_x2apic_at_boot(ncpus: u32) -> bool {
+    ncpus > 255
+}
+
+/// Switches the vCPU's local APIC to x2APIC mode (IA32_APIC_BASE EN | EXTD).
+fn enable_x2apic(vcpu: &VcpuFd, cpu: u32) -> Result<(), CpuError> {
+    const APIC_BASE_EXTD: u64 = 1 << 10;
+    const APIC_BASE_EN: u64 = 1 << 11;
+    let mut sregs = vcpu.get_sregs().map_err(cpu_err("KVM_GET_SREGS", cpu))?;
+    sregs.apic_base |= APIC_BASE_EN | APIC_BASE_EXTD;
+    vcpu.set_sregs(&sregs)
+        .map_err(cpu_err("KVM_SET_SREGS", cpu))
 }
 
 /// LINT0 = ExtINT, LINT1 = NMI, as firmware leaves them.
@@ -378,6 +406,30 @@ mod tests {
             Hidden
         );
         assert!(!Hidden.advertised());
+    }
+
+    #[test]
+    fn kvm_leaf_reports_msi_ext_dest_id() {
+        let kvm = kvm_cpuid_entry2 {
+            function: CPUID_KVM_FEATURES,
+            eax: 1, // KVM_FEATURE_CLOCKSOURCE, kept
+            ..Default::default()
+        };
+        let mut entries = base().as_slice().to_vec();
+        entries.push(kvm);
+        let c = build_cpuid(
+            &CpuId::from_entries(&entries).unwrap(),
+            300,
+            400,
+            ExtraFeatures::default(),
+        );
+        assert_eq!(find(&c, CPUID_KVM_FEATURES, 0).eax, 1 | (1 << 15));
+    }
+
+    #[test]
+    fn x2apic_is_enabled_at_boot_only_when_an_apic_id_needs_it() {
+        assert!(!needs_x2apic_at_boot(255)); // IDs 0..=254
+        assert!(needs_x2apic_at_boot(256)); // ID 255 is the xAPIC broadcast ID
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!   GCMD/GSTS handshake is synchronous (persistent bits act on differences, SIRTP latches
 //!   IRTA, QIE latches IQA).
 //! - Queued invalidation is processed synchronously on IQT writes; IEC descriptors
-//!   re-translate the vectors they cover, wait descriptors write their status and raise the
-//!   completion event.
+//!   re-translate exactly the vectors whose IRTEs they name, and a wait descriptor writes
+//!   its status and raises the completion event only after the re-translation the
+//!   invalidations before it caused is done (the new routes are in the vector layer).
 //! - Translation ([`RemapLayer::remap`]) reads the IRTE from guest memory in one 16-byte
 //!   access and reports faults 0x20–0x26 through the fault recording registers and the fault
 //!   event MSI.
@@ -19,7 +20,8 @@
 //! Locking: the unit's state sits behind one mutex. The hierarchy calls [`VtdUnit::remap`]
 //! with its own locks held, so the unit never calls into the hierarchy (re-translation) or
 //! the vector layer (event MSIs) with its mutex held: work is collected as `Effects` under
-//! the lock and carried out after releasing it.
+//! the lock and carried out after releasing it. A second mutex, taken first, serialises
+//! register writes with the work they trigger, so queue order holds across vCPUs.
 
 mod dmar;
 mod fault;
@@ -31,15 +33,16 @@ pub mod spec;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-
-use log::warn;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 
 use crate::hierarchy::InterruptHierarchy;
 use crate::msi::MsiMessage;
-use crate::remap::{RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
+use crate::ratelimit::RateLimiter;
+use crate::remap::{IrteRanges, RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
 use crate::vector::VectorLayer;
+use crate::warn_ratelimited;
 
 use irte::Translation;
 use regs::State;
@@ -73,35 +76,45 @@ impl Default for VtdConfig {
 /// Work decided under the state lock and carried out after releasing it.
 #[derive(Debug, Default)]
 struct Effects {
-    /// Vectors to re-translate (several invalidations merge into one covering scope).
-    retranslate: Option<RetranslateScope>,
+    /// Re-translate every vector (global invalidation, table pointer or enable changes).
+    retranslate_all: bool,
+    /// Re-translate exactly the vectors selecting these IRTEs (index-selective
+    /// invalidations; ranges merge only when they overlap or abut).
+    retranslate: IrteRanges,
     /// Event messages (fault, invalidation completion) to send.
     msis: Vec<MsiMessage>,
+    /// The invalidation queue has work: drain it once the register write is done.
+    drain_queue: bool,
 }
 
 impl Effects {
     fn retranslate_all(&mut self) {
-        self.retranslate = Some(RetranslateScope::All);
+        self.retranslate_all = true;
+        self.retranslate.clear();
     }
 
     fn retranslate(&mut self, scope: RetranslateScope) {
-        use RetranslateScope::{All, IrteRange};
-        self.retranslate = Some(match (self.retranslate, scope) {
-            (None, s) => s,
-            (Some(All), _) | (_, All) => All,
-            (Some(IrteRange { start: a, count: n }), IrteRange { start: b, count: m }) => {
-                // One covering range: re-translating a few extra vectors is harmless and
-                // keeps the work per MMIO write at one hierarchy walk.
-                let start = a.min(b);
-                let end = (u64::from(a) + u64::from(n)).max(u64::from(b) + u64::from(m));
-                IrteRange {
-                    start,
-                    count: (end - u64::from(start)).min(u64::from(u32::MAX)) as u32,
-                }
-            }
-        });
+        match scope {
+            RetranslateScope::All => self.retranslate_all(),
+            RetranslateScope::IrteRange { .. } if self.retranslate_all => {}
+            RetranslateScope::IrteRange { start, count } => self.retranslate.insert(start, count),
+        }
+    }
+
+    /// Whether re-translation is pending (a wait descriptor must not complete before it).
+    fn retranslation_pending(&self) -> bool {
+        self.retranslate_all || !self.retranslate.is_empty()
     }
 }
+
+/// Interrupt-remapping faults (info level; a guest can fault on every interrupt request).
+static FAULT_LOG: LazyLock<RateLimiter> =
+    LazyLock::new(|| RateLimiter::new(10, Duration::from_secs(1)));
+
+/// Event-interrupt delivery failures (a guest can program an undeliverable event message
+/// and trigger events in a loop).
+static EVENT_FAILURES: LazyLock<RateLimiter> =
+    LazyLock::new(|| RateLimiter::new(10, Duration::from_secs(1)));
 
 /// An emulated VT-d unit doing interrupt remapping only. `Send + Sync`; all state is behind
 /// an internal mutex.
@@ -111,6 +124,10 @@ pub struct VtdUnit {
     config: VtdConfig,
     state: Mutex<State>,
     hierarchy: Mutex<Weak<InterruptHierarchy>>,
+    /// Serialises register writes together with the work they trigger (queue draining,
+    /// re-translation), so a wait descriptor submitted by one vCPU cannot complete while
+    /// re-translation ordered before it is still running on another. Taken before `state`.
+    writes: Mutex<()>,
 }
 
 impl VtdUnit {
@@ -133,6 +150,7 @@ impl VtdUnit {
             config,
             state: Mutex::new(State::new(records as usize)),
             hierarchy: Mutex::new(Weak::new()),
+            writes: Mutex::new(()),
         })
     }
 
@@ -178,6 +196,7 @@ impl VtdUnit {
     /// write triggers (queue processing, status updates, re-translation, event interrupts)
     /// is done before this returns.
     pub fn mmio_write(&self, offset: u64, data: &[u8]) {
+        let _serialised = self.writes.lock().unwrap_or_else(|e| e.into_inner());
         let mut fx = Effects::default();
         {
             let mut state = self.lock();
@@ -197,10 +216,30 @@ impl VtdUnit {
                     mask |= 0xFF << shift;
                     i += 1;
                 }
-                state.write_dword(aligned, value, mask, &self.mem, &mut fx);
+                state.write_dword(aligned, value, mask, &mut fx);
             }
         }
+        let drain = fx.drain_queue;
         self.apply(fx);
+        if drain {
+            self.drain_queue();
+        }
+    }
+
+    /// Drains the invalidation queue. Descriptors run in order under the state lock until a
+    /// wait descriptor finds re-translation pending from the invalidations before it: the
+    /// lock is released, the re-translation done (new routes in the vector layer), and only
+    /// then does the wait run (status write, IWC, completion event). Bounded by the queue
+    /// size: each pass executes at least one descriptor.
+    fn drain_queue(&self) {
+        loop {
+            let mut fx = Effects::default();
+            let stopped_at_wait = self.lock().process_queue(&self.mem, &mut fx);
+            self.apply(fx);
+            if !stopped_at_wait {
+                break;
+            }
+        }
     }
 
     /// Builds the ACPI DMAR table for this unit: INTR_REMAP flag only, one DRHD with
@@ -229,22 +268,30 @@ impl VtdUnit {
         self.lock().ir_enabled()
     }
 
-    /// Carries out work collected under the lock. Re-translation comes first, so routes
-    /// are updated before a completion event tells the guest an invalidation is done.
+    /// Carries out work collected under the lock. Re-translation comes first, so the new
+    /// routes are in the vector layer (which commits them before any vector fires) before a
+    /// completion event tells the guest an invalidation is done.
     fn apply(&self, fx: Effects) {
-        if let Some(scope) = fx.retranslate {
+        if fx.retranslation_pending() {
             let hierarchy = self
                 .hierarchy
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .upgrade();
             if let Some(h) = hierarchy {
-                h.retranslate(scope);
+                if fx.retranslate_all {
+                    h.retranslate(RetranslateScope::All);
+                } else {
+                    h.retranslate_irtes(&fx.retranslate);
+                }
             }
         }
         for msi in fx.msis {
             if let Err(e) = self.vectors.send_platform_msi(msi) {
-                warn!("vt-d: cannot deliver event interrupt {msi}: {e}");
+                warn_ratelimited!(
+                    EVENT_FAILURES,
+                    "vt-d: cannot deliver event interrupt {msi}: {e}"
+                );
             }
         }
     }
@@ -272,6 +319,12 @@ impl RemapLayer for VtdUnit {
                 if fpd && reason.qualified() {
                     state.faults_suppressed += 1;
                 } else {
+                    crate::log_ratelimited!(
+                        log::Level::Info,
+                        FAULT_LOG,
+                        "vt-d: interrupt-remapping fault {:#x} ({reason:?}) index {index} from {requester}",
+                        reason as u8
+                    );
                     state.record_fault(reason, index, requester.0, &mut fx);
                 }
             }

@@ -1,5 +1,7 @@
 //! Queued invalidation (§6.5.2): the queue is drained synchronously, from IQH to IQT, on
-//! every IQT write, when QIE is enabled and when IQE is cleared.
+//! every IQT write, when QIE is enabled and when IQE is cleared. A wait descriptor is a
+//! barrier: draining pauses before it while invalidations ahead of it still have vectors to
+//! re-translate, so its status write and IWC come after the new routes are in place.
 //!
 //! Work per call is bounded by the queue size (head and tail are both below it). A
 //! descriptor that cannot be read, has an unknown type or reserved bits set, or a wait
@@ -44,30 +46,50 @@ impl fmt::Display for QueueError {
     }
 }
 
+/// What became of the descriptor at IQH.
+enum Step {
+    /// Executed; IQH moves on.
+    Done,
+    /// A wait descriptor that must wait for pending re-translation; IQH stays on it.
+    Barrier,
+}
+
 impl State {
-    /// Drains the queue if it is enabled and not stopped by an error.
-    pub(super) fn process_queue(&mut self, mem: &GuestMemoryMmap, fx: &mut Effects) {
+    /// Runs descriptors from IQH towards IQT if the queue is enabled and not stopped by an
+    /// error. Returns `true` when it stopped early, with IQH on a wait descriptor, because
+    /// re-translation collected in `fx` must be carried out before that wait may complete:
+    /// the caller applies `fx` and calls again.
+    pub(super) fn process_queue(&mut self, mem: &GuestMemoryMmap, fx: &mut Effects) -> bool {
         if self.gsts & gsts::QIES == 0 || self.fsts & fsts::IQE != 0 {
-            return;
+            return false;
         }
         let Some(queue) = self.queue else {
-            return;
+            return false;
         };
         let tail = ((self.iqt >> iq::INDEX_SHIFT) & iq::INDEX_MASK) as u32;
         if tail >= queue.entries {
             self.stop_queue(QueueError::TailOutOfRange(tail), fx);
-            return;
+            return false;
         }
         while self.iqh != tail {
-            let result = Self::read_descriptor(mem, queue, self.iqh)
-                .and_then(|(qw0, qw1)| self.execute(qw0, qw1, mem, fx));
-            if let Err(e) = result {
-                self.stop_queue(e, fx);
-                return;
+            let result = Self::read_descriptor(mem, queue, self.iqh).and_then(|(qw0, qw1)| {
+                if desc::type_of(qw0) == desc::TYPE_WAIT && fx.retranslation_pending() {
+                    return Ok(Step::Barrier);
+                }
+                self.execute(qw0, qw1, mem, fx).map(|()| Step::Done)
+            });
+            match result {
+                Ok(Step::Done) => {}
+                Ok(Step::Barrier) => return true,
+                Err(e) => {
+                    self.stop_queue(e, fx);
+                    return false;
+                }
             }
             self.descriptors += 1;
             self.iqh = (self.iqh + 1) % queue.entries;
         }
+        false
     }
 
     fn stop_queue(&mut self, error: QueueError, fx: &mut Effects) {
@@ -121,8 +143,9 @@ impl State {
                 if qw0 & desc::WAIT_QW0_RESERVED != 0 {
                     return Err(QueueError::ReservedBits(desc::TYPE_WAIT));
                 }
-                // Everything before this descriptor is complete (processing is synchronous),
-                // so FN and PD need no action.
+                // Everything before this descriptor is complete: earlier invalidations'
+                // re-translation was carried out before this wait ran (see
+                // `process_queue`), so FN and PD need no action.
                 if qw0 & desc::WAIT_SW != 0 {
                     let addr = qw1 & desc::WAIT_STATUS_ADDR_MASK;
                     let data = (qw0 >> desc::WAIT_STATUS_DATA_SHIFT) as u32;

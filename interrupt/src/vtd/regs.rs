@@ -5,8 +5,6 @@
 //! alignment follow the same rules: 64-bit registers are two lanes, read-only and unknown
 //! lanes ignore writes and unknown lanes read 0.
 
-use vm_memory::GuestMemoryMmap;
-
 use super::spec::{
     cap, ecap, event_ctl, event_msg, fsts, gcmd, gsts, ics, iq, irta, offset, reg_inval,
     FaultRecord, Irte, REGISTER_PAGE_SIZE, VERSION,
@@ -232,14 +230,7 @@ impl State {
 
     /// Writes the bytes of `value` selected by `mask` to the 32-bit lane at 4-byte aligned
     /// `off` (below the page size), applying the register's rules.
-    pub(super) fn write_dword(
-        &mut self,
-        off: u64,
-        value: u32,
-        mask: u32,
-        mem: &GuestMemoryMmap,
-        fx: &mut Effects,
-    ) {
+    pub(super) fn write_dword(&mut self, off: u64, value: u32, mask: u32, fx: &mut Effects) {
         debug_assert!(off < REGISTER_PAGE_SIZE && off & 3 == 0);
         let high = off & 4 != 0;
         let (frcd_start, frcd_end) = self.frcd_window();
@@ -284,7 +275,7 @@ impl State {
             offset::IQT => {
                 let writable = iq::INDEX_MASK << iq::INDEX_SHIFT;
                 self.iqt = merge64(self.iqt, high, value, mask, writable);
-                self.process_queue(mem, fx);
+                fx.drain_queue = true;
                 return;
             }
             offset::IQA => {
@@ -306,7 +297,7 @@ impl State {
                 // only act when written.
                 let current = self.gsts & PERSISTENT;
                 let command = (value & mask) | (current & !mask);
-                self.global_command(command, mem, fx);
+                self.global_command(command, fx);
             }
             offset::FSTS => {
                 let clear = value & mask & fsts::W1C;
@@ -315,7 +306,7 @@ impl State {
                 self.fault_status_changed();
                 if iqe_cleared {
                     // Resume from IQH (Linux rewrote the bad slot before clearing IQE).
-                    self.process_queue(mem, fx);
+                    fx.drain_queue = true;
                 }
             }
             offset::FECTL => {
@@ -356,7 +347,7 @@ impl State {
 
     /// Executes a GCMD write: persistent bits act on their difference from GSTS, one-shot
     /// bits when set. Status is updated before the write returns.
-    fn global_command(&mut self, command: u32, mem: &GuestMemoryMmap, fx: &mut Effects) {
+    fn global_command(&mut self, command: u32, fx: &mut Effects) {
         // QIE first, so "QIE|..." combinations see the queue state they asked for.
         let want_qi = command & gcmd::QIE != 0;
         let have_qi = self.gsts & gsts::QIES != 0;
@@ -364,7 +355,7 @@ impl State {
             self.queue = Some(Queue::from_iqa(self.iqa));
             self.iqh = 0;
             self.gsts |= gsts::QIES;
-            self.process_queue(mem, fx);
+            fx.drain_queue = true;
         } else if !want_qi && have_qi {
             self.gsts &= !gsts::QIES;
         }

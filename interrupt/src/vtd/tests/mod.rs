@@ -8,7 +8,7 @@ mod registers;
 mod retranslation;
 mod translation;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -17,7 +17,7 @@ use super::{VtdConfig, VtdUnit};
 use crate::hierarchy::InterruptHierarchy;
 use crate::msi::MsiMessage;
 use crate::remap::{RemapLayer, RemapOutcome, RequesterId};
-use crate::vector::{Gsi, KvmVectorLayer, RecordingBackend, VectorLayer};
+use crate::vector::{Gsi, KvmVectorLayer, RecordingBackend, Vector, VectorLayer, VectorLayerStats};
 
 /// Guest RAM size.
 pub(super) const RAM_SIZE: u64 = 0x40_0000;
@@ -58,19 +58,49 @@ impl Fixture {
     }
 
     pub fn with_records(num_fault_records: u8) -> Self {
+        Self::build(num_fault_records, |layer| layer)
+    }
+
+    /// A fixture whose route updates and event messages go through an [`ObservingLayer`],
+    /// which notes what the guest could see at each of them.
+    pub fn observed() -> (Self, Arc<ObservingLayer>) {
+        let mut observer = None;
+        let f = Self::build(8, |layer| {
+            let o = Arc::new(ObservingLayer {
+                inner: layer,
+                mem: OnceLock::new(),
+                unit: OnceLock::new(),
+                seen: Mutex::new(Vec::new()),
+            });
+            observer = Some(o.clone());
+            o
+        });
+        let observer = observer.unwrap();
+        observer.mem.set(f.mem.clone()).unwrap();
+        observer.unit.set(Arc::downgrade(&f.unit)).unwrap();
+        (f, observer)
+    }
+
+    /// The fixture, with the vector layer the unit and the hierarchy use made by `wrap`
+    /// from the recording KVM layer.
+    fn build(
+        num_fault_records: u8,
+        wrap: impl FnOnce(Arc<KvmVectorLayer>) -> Arc<dyn VectorLayer>,
+    ) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)]).unwrap();
         let backend = Arc::new(RecordingBackend::default());
         let layer = Arc::new(KvmVectorLayer::new(backend.clone(), 24, 4096));
+        let vectors = wrap(layer.clone());
         let unit = VtdUnit::new(
             mem.clone(),
-            layer.clone(),
+            vectors.clone(),
             VtdConfig {
                 register_base: 0xFED9_0000,
                 ioapic_source_id: IOAPIC_SID,
                 num_fault_records,
             },
         );
-        let hierarchy = InterruptHierarchy::new(layer.clone(), unit.clone());
+        let hierarchy = InterruptHierarchy::new(vectors, unit.clone());
         unit.set_hierarchy(Arc::downgrade(&hierarchy));
         Self {
             mem,
@@ -279,6 +309,99 @@ impl Fixture {
     pub fn routes(&self) -> Vec<(Gsi, MsiMessage)> {
         self.layer.commit().unwrap();
         self.backend.committed.lock().unwrap().clone()
+    }
+}
+
+/// Second wait-status address (for batches with two waits).
+pub(super) const STATUS2_ADDR: u64 = 0x3008;
+
+/// What the guest could observe when a vector's route changed or an event message was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Observation {
+    /// A route update in the vector layer (`None`: route removed), with the words at
+    /// [`STATUS_ADDR`] and [`STATUS2_ADDR`] and ICS at that moment.
+    Route {
+        message: Option<MsiMessage>,
+        status: [u32; 2],
+        ics: u32,
+    },
+    /// An event message (fault or completion event), with the same status words.
+    Event { msi: MsiMessage, status: [u32; 2] },
+}
+
+/// A vector layer that forwards to the recording KVM layer and notes, at every route update
+/// and event message, the wait-status words in guest memory and ICS: the order in which the
+/// new routes and the completion of an invalidation became visible.
+pub(super) struct ObservingLayer {
+    pub inner: Arc<KvmVectorLayer>,
+    pub mem: OnceLock<GuestMemoryMmap>,
+    pub unit: OnceLock<Weak<VtdUnit>>,
+    pub seen: Mutex<Vec<Observation>>,
+}
+
+impl ObservingLayer {
+    fn status(&self) -> [u32; 2] {
+        let mem = self.mem.get().unwrap();
+        [STATUS_ADDR, STATUS2_ADDR].map(|a| mem.read_obj(GuestAddress(a)).unwrap())
+    }
+
+    fn ics(&self) -> u32 {
+        let mut ics = [0u8; 4];
+        if let Some(unit) = self.unit.get().and_then(Weak::upgrade) {
+            unit.mmio_read(offset::ICS, &mut ics);
+        }
+        u32::from_le_bytes(ics)
+    }
+
+    /// Observations so far, emptied.
+    pub fn take(&self) -> Vec<Observation> {
+        std::mem::take(&mut self.seen.lock().unwrap())
+    }
+}
+
+impl VectorLayer for ObservingLayer {
+    fn allocate(&self, fixed: Option<Gsi>) -> crate::Result<Arc<Vector>> {
+        self.inner.allocate(fixed)
+    }
+
+    fn set_route(&self, vector: &Vector, message: Option<MsiMessage>) {
+        self.inner.set_route(vector, message);
+        let o = Observation::Route {
+            message,
+            status: self.status(),
+            ics: self.ics(),
+        };
+        self.seen.lock().unwrap().push(o);
+    }
+
+    fn free(&self, vector: Arc<Vector>) -> crate::Result<()> {
+        self.inner.free(vector)
+    }
+
+    fn commit(&self) -> crate::Result<()> {
+        self.inner.commit()
+    }
+
+    fn fire(&self, vector: &Vector) -> crate::Result<()> {
+        self.inner.fire(vector)
+    }
+
+    fn signal_msi(&self, message: MsiMessage) -> crate::Result<()> {
+        self.inner.signal_msi(message)
+    }
+
+    fn send_platform_msi(&self, msi: MsiMessage) -> crate::Result<()> {
+        self.inner.send_platform_msi(msi)?;
+        let o = Observation::Event {
+            msi,
+            status: self.status(),
+        };
+        self.seen.lock().unwrap().push(o);
+        Ok(())
+    }
+
+    fn stats(&self) -> VectorLayerStats {
+        self.inner.stats()
     }
 }
 

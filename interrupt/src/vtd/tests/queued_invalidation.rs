@@ -245,26 +245,14 @@ fn enabling_qi_with_a_nonzero_tail_processes_the_queue() {
 #[test]
 fn iec_scope_aligns_index_down_to_the_mask() {
     use crate::remap::RetranslateScope::IrteRange;
-    let mut fx = crate::vtd::Effects::default();
-    fx.retranslate(crate::vtd::qi::iec_scope(iec_index(13, 2)[0]));
+    let s = crate::vtd::qi::iec_scope(iec_index(13, 2)[0]);
     assert_eq!(
-        fx.retranslate,
-        Some(IrteRange {
+        s,
+        IrteRange {
             start: 12,
             count: 4
-        })
+        }
     );
-    // Ranges in one batch merge into their hull.
-    fx.retranslate(crate::vtd::qi::iec_scope(iec_index(40, 0)[0]));
-    assert_eq!(
-        fx.retranslate,
-        Some(IrteRange {
-            start: 12,
-            count: 29
-        })
-    );
-    fx.retranslate(crate::vtd::qi::iec_scope(iec_global()[0]));
-    assert_eq!(fx.retranslate, Some(crate::remap::RetranslateScope::All));
     // A mask beyond the index space covers everything from 0.
     let s = crate::vtd::qi::iec_scope(iec_index(0xFFFF, 31)[0]);
     assert_eq!(
@@ -274,4 +262,161 @@ fn iec_scope_aligns_index_down_to_the_mask() {
             count: 1 << 16
         }
     );
+}
+
+#[test]
+fn iec_invalidations_in_one_batch_collect_exactly_their_entries() {
+    let mut fx = crate::vtd::Effects::default();
+    fx.retranslate(crate::vtd::qi::iec_scope(iec_index(13, 2)[0]));
+    fx.retranslate(crate::vtd::qi::iec_scope(iec_index(40, 0)[0]));
+    // No hull: 12..16 and 40 stay apart, entry 20 is not covered.
+    assert_eq!(
+        fx.retranslate.iter().collect::<Vec<_>>(),
+        [(12, 4), (40, 1)]
+    );
+    assert!(!fx.retranslate.contains(20));
+    // Abutting ranges merge.
+    fx.retranslate(crate::vtd::qi::iec_scope(iec_index(16, 0)[0]));
+    assert_eq!(
+        fx.retranslate.iter().collect::<Vec<_>>(),
+        [(12, 5), (40, 1)]
+    );
+    assert!(!fx.retranslate_all);
+    // A global invalidation covers everything.
+    fx.retranslate(crate::vtd::qi::iec_scope(iec_global()[0]));
+    assert!(fx.retranslate_all);
+    fx.retranslate(crate::vtd::qi::iec_scope(iec_index(3, 0)[0]));
+    assert!(fx.retranslate.is_empty(), "nothing to add to a global one");
+}
+
+// --- ordering: a wait completes only after the re-translation ahead of it ---------------
+
+/// IR on, IRTEs 0..4 → vectors 0x40.., a 4-vector MSI-X domain on them; observations start
+/// empty.
+fn observed_setup() -> (
+    Fixture,
+    Arc<ObservingLayer>,
+    Arc<crate::domain::DeviceDomain>,
+) {
+    let (mut f, obs) = Fixture::observed();
+    f.enable_ir();
+    for i in 0..4u32 {
+        f.program_irte(i, irte(0, 0x40 + i as u8, DEV));
+    }
+    let d = f
+        .hierarchy
+        .create_domain("nic", crate::domain::DomainKind::MsiX, DEV, 4, None);
+    for i in 0..4 {
+        d.set_message(i, Some(msix_message(i as u16))).unwrap();
+        d.set_masked(i, false).unwrap();
+    }
+    for addr in [STATUS_ADDR, STATUS2_ADDR] {
+        f.mem.write_obj(0u32, GuestAddress(addr)).unwrap();
+    }
+    obs.take();
+    (f, obs, d)
+}
+
+/// Position of the first route update to `vector`, with what the guest saw then.
+fn route_to(seen: &[Observation], vector: u8) -> Option<(usize, [u32; 2], u32)> {
+    seen.iter().enumerate().find_map(|(i, o)| match o {
+        Observation::Route {
+            message: Some(m),
+            status,
+            ics,
+        } if m.vector() == vector => Some((i, *status, *ics)),
+        _ => None,
+    })
+}
+
+#[test]
+fn wait_status_is_written_after_the_invalidated_routes_are_updated() {
+    let (mut f, obs, _d) = observed_setup();
+    f.write_irte(1, irte(0, 0x81, DEV));
+    f.submit(&[iec_index(1, 0), wait_sw(QI_DONE, STATUS_ADDR)]);
+    let seen = obs.take();
+    let (_, status, _) = route_to(&seen, 0x81).expect("route updated before the wait returned");
+    assert_eq!(
+        status,
+        [0, 0],
+        "status written before the new route: {seen:?}"
+    );
+    assert_eq!(f.status(), QI_DONE);
+    // The committed route follows at the next fire or commit.
+    assert!(f.routes().iter().any(|(_, m)| m.vector() == 0x81));
+}
+
+#[test]
+fn iwc_and_completion_event_come_after_the_invalidated_routes_are_updated() {
+    let (mut f, obs, _d) = observed_setup();
+    f.write_irte(2, irte(0, 0x82, DEV));
+    f.submit(&[iec_global(), wait_if()]);
+    let seen = obs.take();
+    let (route, _, ics_then) = route_to(&seen, 0x82).expect("route updated");
+    let event = seen
+        .iter()
+        .position(|o| matches!(o, Observation::Event { msi, .. } if *msi == ie_msg()))
+        .expect("completion event sent");
+    assert!(route < event, "{seen:?}");
+    assert_eq!(ics_then & ics::IWC, 0, "IWC set before the new route");
+    assert_eq!(f.read32(offset::ICS), ics::IWC);
+}
+
+#[test]
+fn each_wait_in_a_batch_follows_only_the_invalidations_before_it() {
+    let (mut f, obs, d) = observed_setup();
+    f.write_irte(1, irte(0, 0x81, DEV));
+    f.write_irte(2, irte(0, 0x82, DEV));
+    f.submit(&[
+        iec_index(1, 0),
+        wait_sw(1, STATUS_ADDR),
+        iec_index(2, 0),
+        wait_sw(2, STATUS2_ADDR),
+    ]);
+    let seen = obs.take();
+    // Entry 1's route before either status; entry 2's after the first wait and before the
+    // second.
+    assert_eq!(route_to(&seen, 0x81).map(|r| r.1), Some([0, 0]), "{seen:?}");
+    assert_eq!(route_to(&seen, 0x82).map(|r| r.1), Some([1, 0]), "{seen:?}");
+    let status2: u32 = f.mem.read_obj(GuestAddress(STATUS2_ADDR)).unwrap();
+    assert_eq!([f.status(), status2], [1, 2]);
+    let delivered: Vec<_> = d
+        .snapshot()
+        .iter()
+        .map(|v| match v.remapped {
+            Some(RemapOutcome::Deliver(m)) => Some(m.vector()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [Some(0x40), Some(0x81), Some(0x82), Some(0x43)]);
+    assert_eq!(f.iqh(), f.tail);
+}
+
+#[test]
+fn a_wait_with_nothing_to_re_translate_changes_no_route() {
+    let (mut f, obs, _d) = observed_setup();
+    assert!(f.submit_sync(&[]));
+    let seen = obs.take();
+    assert!(
+        seen.iter().all(|o| !matches!(o, Observation::Route { .. })),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn a_full_queue_of_invalidations_each_followed_by_a_wait_completes_in_one_write() {
+    let (mut f, obs, _d) = observed_setup();
+    f.gcmd_clear(gcmd::QIE);
+    f.enable_qi_at(0x20_0000, 7); // 32768 entries
+    let mut descs = Vec::new();
+    for i in 0..16_383u32 {
+        descs.push(iec_index(i % 4, 0));
+        descs.push(wait_sw(i + 1, STATUS_ADDR));
+    }
+    f.submit(&descs);
+    assert_eq!(f.iqh(), 32_766);
+    assert_eq!(f.status(), 16_383);
+    assert_eq!(f.read32(offset::FSTS) & crate::vtd::spec::fsts::IQE, 0);
+    // Translations did not change, so no route was touched.
+    assert!(obs.take().is_empty());
 }

@@ -86,16 +86,42 @@ fn global_iec_re_routes_every_vector() {
 }
 
 #[test]
-fn invalidations_in_one_batch_cost_one_walk_over_their_hull() {
+fn invalidations_in_one_batch_re_translate_exactly_the_named_entries() {
     let (mut f, d) = setup();
     rewrite_all(&f, 0xA0);
     let before = f.layer.stats().route_changes;
     assert!(f.submit_sync(&[iec_index(0, 0), iec_index(2, 0)]));
-    // The hull 0..3 is re-translated once: 3 route updates, vector 3 untouched.
+    // Entries 0 and 2 only: entry 1 lies between them and was rewritten without an
+    // invalidation, so its vector keeps the old route; entry 3 likewise.
+    assert_eq!(f.layer.stats().route_changes - before, 2);
+    assert_eq!(
+        routed(&f, &d),
+        vec![Some(0xA0), Some(0x41), Some(0xA2), Some(0x43)]
+    );
+}
+
+#[test]
+fn abutting_and_overlapping_invalidations_re_translate_their_union_once() {
+    let (mut f, d) = setup();
+    rewrite_all(&f, 0xA0);
+    let before = f.layer.stats().route_changes;
+    // 0..2 (index 1, mask 1), 2, and 1 again: the union 0..3, each entry re-routed once.
+    assert!(f.submit_sync(&[iec_index(1, 1), iec_index(2, 0), iec_index(1, 0)]));
     assert_eq!(f.layer.stats().route_changes - before, 3);
     assert_eq!(
         routed(&f, &d),
         vec![Some(0xA0), Some(0xA1), Some(0xA2), Some(0x43)]
+    );
+}
+
+#[test]
+fn global_invalidation_in_a_batch_re_translates_everything() {
+    let (mut f, d) = setup();
+    rewrite_all(&f, 0xA0);
+    assert!(f.submit_sync(&[iec_index(1, 0), iec_global()]));
+    assert_eq!(
+        routed(&f, &d),
+        vec![Some(0xA0), Some(0xA1), Some(0xA2), Some(0xA3)]
     );
 }
 
