@@ -7,7 +7,7 @@
 //! BAR0's IMS table; NOOP descriptors with a completion record and a completion interrupt
 //! (RCI) submitted through a WQ portal in BAR2; `Dsa::wait_idle` waits for completion.
 //!
-//! `VMM_SKIP_KVM_TESTS=1` makes every test return early.
+//! `VMM_SKIP_KVM_TESTS=1` reports every test as ignored.
 
 mod common;
 

@@ -7,7 +7,7 @@
 //! LAPIC's IRR, so a test that wants exact counts fires a vector again only after the guest
 //! counted its previous interrupt (different vectors may be in flight together).
 //!
-//! `VMM_SKIP_KVM_TESTS=1` makes every test return early.
+//! `VMM_SKIP_KVM_TESTS=1` reports every test as ignored.
 
 mod common;
 
