@@ -260,7 +260,7 @@ mod tests {
     use vm_device::DeviceMmio;
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
-    struct Shared(Arc<Mutex<Vec<u8>>>);
+    pub(super) struct Shared(pub(super) Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
@@ -406,17 +406,8 @@ mod output_tests {
     #[test]
     fn serial_port_output_goes_through_the_buffer() {
         let out = Arc::new(Mutex::new(Vec::new()));
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let (w, h) = SerialOutput::spawn(Box::new(Shared(out.clone())), 1024).unwrap();
+        let (w, h) =
+            SerialOutput::spawn(Box::new(super::tests::Shared(out.clone())), 1024).unwrap();
         let hier = interrupt::InterruptHierarchy::new(
             Arc::new(interrupt::KvmVectorLayer::new(
                 Arc::new(interrupt::RecordingBackend::default()),

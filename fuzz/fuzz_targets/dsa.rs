@@ -490,7 +490,11 @@ impl Fixture {
             Op::WaitIdle => {
                 self.dev.wait_idle();
                 let sts = self.r32(reg::CMDSTS);
-                assert_eq!(sts & (1 << 31), 0, "CMDSTS.active after wait_idle: {sts:#x}");
+                assert_eq!(
+                    sts & (1 << 31),
+                    0,
+                    "CMDSTS.active after wait_idle: {sts:#x}"
+                );
                 for wq in 0..u64::from(self.cfg.wqs) {
                     assert_eq!(self.occupancy(wq), 0, "WQ {wq} busy after wait_idle");
                 }

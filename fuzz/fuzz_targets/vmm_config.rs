@@ -15,7 +15,6 @@ use arbitrary::Arbitrary;
 use clap::Parser;
 use libfuzzer_sys::fuzz_target;
 
-use devices::dsa::DsaConfig;
 use vmm::config::{Cli, DeviceConfig, VmConfig, MAX_VCPUS, MIN_MEMORY};
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -194,19 +193,10 @@ fn check_device(spec: &str, d: &DeviceConfig) {
         DeviceConfig::IrqTest { vectors } => {
             assert!((1..=2048).contains(vectors), "{spec:?} -> {d:?}")
         }
-        DeviceConfig::Dsa {
-            wqs,
-            engines,
-            groups,
-            ims,
-            ..
-        } => {
-            let cfg = DsaConfig {
-                wqs: *wqs,
-                engines: *engines,
-                groups: *groups,
-                ims: *ims,
-            };
+        DeviceConfig::Dsa { .. } => {
+            let cfg = d
+                .dsa_config()
+                .expect("a dsa device has a DSA configuration");
             if let Err(e) = cfg.validate() {
                 panic!("{spec:?} accepted as {d:?}, which the DSA rejects: {e}");
             }

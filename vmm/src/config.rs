@@ -109,6 +109,25 @@ pub enum IommuKind {
 pub const IRQTEST_DEFAULT_VECTORS: usize = 32;
 
 impl DeviceConfig {
+    /// The DSA model's configuration of a `dsa` device; `None` for other devices.
+    pub fn dsa_config(&self) -> Option<devices::dsa::DsaConfig> {
+        match *self {
+            DeviceConfig::Dsa {
+                wqs,
+                engines,
+                groups,
+                ims,
+                ..
+            } => Some(devices::dsa::DsaConfig {
+                wqs,
+                engines,
+                groups,
+                ims,
+            }),
+            _ => None,
+        }
+    }
+
     /// Parses `irqtest[,vectors=N]`.
     pub fn parse(spec: &str) -> Result<Self, ConfigError> {
         let bad = || ConfigError::Device(spec.to_string());

@@ -24,7 +24,7 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use devices::dsa::{Dsa, DsaConfig};
+use devices::dsa::Dsa;
 use devices::ioapic::{
     Ioapic, IOAPIC_BASE, IOAPIC_REQUESTER_ID, IOAPIC_SIZE, IOAPIC_VERSION_11, IOAPIC_VERSION_20,
 };
@@ -416,19 +416,8 @@ impl Vm {
                     IrqTest::new(&hierarchy, requester, *vectors)
                         .map_err(|e| VmError::Device(e.to_string()))?,
                 )),
-                DeviceConfig::Dsa {
-                    wqs,
-                    engines,
-                    groups,
-                    ims,
-                    ..
-                } => {
-                    let cfg = DsaConfig {
-                        wqs: *wqs,
-                        engines: *engines,
-                        groups: *groups,
-                        ims: *ims,
-                    };
+                DeviceConfig::Dsa { .. } => {
+                    let cfg = dev.dsa_config().unwrap_or_default();
                     Arc::new(Mutex::new(
                         Dsa::new(&hierarchy, requester, mem.clone(), cfg)
                             .map_err(|e| VmError::Device(e.to_string()))?,
