@@ -8,7 +8,8 @@
 //! - each pin's domain vector has the entry's mask and message, is never pending (the IOAPIC
 //!   only fires unmasked pins), and counts exactly the IOAPIC's deliveries;
 //! - a pin delivered during the operation is unmasked and went out on GSI `pin` with its
-//!   entry's message, committed before the fire;
+//!   entry's message (in KVM's form: extended destination bits moved up), committed
+//!   before the fire;
 //! - a level pin whose remote IRR was set is not delivered again without an EOI of its
 //!   vector, and an edge pin is delivered at most once per operation;
 //! - the vector layer's books balance (GSIs = pins, one irqfd each, routes <= allocated).
@@ -315,7 +316,7 @@ impl Fixture {
             } else {
                 assert_eq!(s.remapped, Some(RemapOutcome::Deliver(m)));
                 assert!(
-                    committed.contains(&(pin as u32, m)),
+                    committed.contains(&(pin as u32, m.kvm_format())),
                     "pin {pin} fired before its route {m} was committed: {committed:?}"
                 );
             }

@@ -663,7 +663,7 @@ impl Fixture {
                 assert_eq!(Some(m), n.message, "NoRemap passes messages unchanged");
                 match n.gsi {
                     Some(g) => assert!(
-                        committed.contains(&(g, m)),
+                        committed.contains(&(g, m.kvm_format())),
                         "{name} vector {i} fired on GSI {g} before its route {m} was committed: \
                          {committed:?}"
                     ),
