@@ -813,8 +813,28 @@ fn run_vcpu(
                         Err("no instruction bytes".to_string())
                     };
                     let Err(why) = result else { continue };
-                    // Not a MOVDIR64B the VMM performs: the guest gets #UD, as KVM does.
-                    debug!("vcpu{id}: emulation failure, injecting #UD: {why}");
+                    // Not a MOVDIR64B the VMM performs. As KVM does without
+                    // KVM_CAP_EXIT_ON_EMULATION_FAILURE: guest user mode gets #UD; a failure
+                    // in the guest kernel ends the VM (below) instead of feeding it a #UD.
+                    let cpl = vcpu.get_sregs().map(|s| s.ss.dpl).unwrap_or(0);
+                    if cpl != 3 {
+                        let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                        exit.raise(ExitReason::Error(format!(
+                            "vcpu{id}: KVM could not emulate the guest kernel's instruction at \
+                             rip {rip:#x} ({why})"
+                        )));
+                        return;
+                    }
+                    static UD_LOG: std::sync::OnceLock<interrupt::RateLimiter> =
+                        std::sync::OnceLock::new();
+                    let limiter = UD_LOG.get_or_init(|| {
+                        interrupt::RateLimiter::new(10, std::time::Duration::from_secs(1))
+                    });
+                    let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                    interrupt::warn_ratelimited!(
+                        limiter,
+                        "vcpu{id}: instruction at rip {rip:#x} not emulated ({why}): injecting #UD"
+                    );
                     match inject_ud(&vcpu) {
                         Ok(()) => continue,
                         Err(e) => warn!("vcpu{id}: cannot inject #UD: {e}"),
