@@ -215,19 +215,18 @@ impl CommonConfig {
         match (offset, data.len()) {
             (reg::DEVICE_FEATURE_SELECT, 4) => self.device_feature_select = v as u32,
             (reg::DRIVER_FEATURE_SELECT, 4) => self.driver_feature_select = v as u32,
-            (reg::DRIVER_FEATURE, 4) => {
-                if self.status & status::FEATURES_OK == 0 {
-                    match self.driver_feature_select {
-                        0 => {
-                            self.driver_features =
-                                (self.driver_features & !0xffff_ffff) | (v & 0xffff_ffff)
-                        }
-                        1 => {
-                            self.driver_features =
-                                (self.driver_features & 0xffff_ffff) | ((v & 0xffff_ffff) << 32)
-                        }
-                        _ => {}
+            // Frozen once FEATURES_OK is accepted.
+            (reg::DRIVER_FEATURE, 4) if self.status & status::FEATURES_OK == 0 => {
+                match self.driver_feature_select {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | (v & 0xffff_ffff)
                     }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | ((v & 0xffff_ffff) << 32)
+                    }
+                    _ => {}
                 }
             }
             (reg::MSIX_CONFIG, 2) => self.msix_config = v as u16,
@@ -243,12 +242,10 @@ impl CommonConfig {
                     q.msix_vector = v as u16;
                 }
             }
-            (reg::QUEUE_ENABLE, 2) => {
-                // Only 1 is meaningful; disabling goes through a device reset.
-                if v == 1 {
-                    if let Some(q) = self.selected_mut() {
-                        q.enabled = true;
-                    }
+            // Only 1 is meaningful; disabling goes through a device reset.
+            (reg::QUEUE_ENABLE, 2) if v == 1 => {
+                if let Some(q) = self.selected_mut() {
+                    q.enabled = true;
                 }
             }
             (o @ (reg::QUEUE_DESC | reg::QUEUE_DRIVER | reg::QUEUE_DEVICE), 8) => {
@@ -300,7 +297,7 @@ impl CommonConfig {
 }
 
 fn is_queue_addr(o: u64) -> bool {
-    (reg::QUEUE_DESC..reg::QUEUE_DEVICE + 8).contains(&o) && o % 4 == 0
+    (reg::QUEUE_DESC..reg::QUEUE_DEVICE + 8).contains(&o) && o.is_multiple_of(4)
 }
 
 fn queue_addr(q: &QueueConfig, base: u64) -> u64 {

@@ -8,9 +8,12 @@ use super::*;
 use crate::device::ActivateError;
 use crate::spec::common_cfg as cc;
 
+/// Features and (queue index, vector) of one activation.
+type ActivationRecord = (u64, Vec<(usize, Option<u16>)>);
+
 #[derive(Default)]
 struct Log {
-    activations: Vec<(u64, Vec<(usize, Option<u16>)>)>,
+    activations: Vec<ActivationRecord>,
     resets: usize,
 }
 
