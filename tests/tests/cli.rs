@@ -206,3 +206,84 @@ fn unbootable_kernel_is_a_vmm_error() {
         "{line}"
     );
 }
+
+#[test]
+fn missing_disk_image_is_a_vmm_error() {
+    let s = Scratch::new("disk-missing");
+    let (code, line) = run(&[
+        "--kernel",
+        &s.path("kernel"),
+        "--disk",
+        &format!("path={}", s.path("nope.img")),
+    ]);
+    assert_eq!(code, VMM_ERROR, "{line}");
+    assert!(
+        line.contains("cannot open disk image") && line.contains("nope.img"),
+        "{line}"
+    );
+}
+
+#[test]
+fn disk_directory_is_refused() {
+    let s = Scratch::new("disk-dir");
+    let (code, line) = run(&[
+        "--kernel",
+        &s.path("kernel"),
+        "--disk",
+        &format!("path={}", s.0.display()),
+    ]);
+    assert_eq!(code, VMM_ERROR, "{line}");
+    assert!(line.contains("is not a regular file"), "{line}");
+}
+
+#[test]
+fn read_only_image_asked_read_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new("disk-ro");
+    let img = s.path("ro.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let (code, line) = run(&[
+        "--kernel",
+        &s.path("kernel"),
+        "--disk",
+        &format!("path={img}"),
+    ]);
+    assert_eq!(code, VMM_ERROR, "{line}");
+    assert!(
+        line.contains("is read-only") && line.contains("readonly=on"),
+        "{line}"
+    );
+}
+
+#[test]
+fn unreadable_disk_image_is_a_vmm_error() {
+    // Root reads anything: an empty image (no whole sector) stands in for an unusable one.
+    let s = Scratch::new("disk-empty");
+    let img = s.path("empty.img");
+    std::fs::write(&img, b"").unwrap();
+    let (code, line) = run(&[
+        "--kernel",
+        &s.path("kernel"),
+        "--disk",
+        &format!("path={img}"),
+    ]);
+    assert_eq!(code, VMM_ERROR, "{line}");
+    assert!(line.contains("smaller than one 512-byte sector"), "{line}");
+}
+
+#[test]
+fn bad_disk_option_is_a_usage_error() {
+    let s = Scratch::new("disk-opt");
+    let (code, line) = run(&[
+        "--kernel",
+        &s.path("kernel"),
+        "--disk",
+        "path=x,readonly=maybe",
+    ]);
+    assert_eq!(code, USAGE, "{line}");
+    assert_eq!(
+        line,
+        "error: invalid --disk 'path=x,readonly=maybe': expected path=IMG[,readonly=on|off]"
+    );
+}

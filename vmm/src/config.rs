@@ -43,6 +43,9 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// `--disk` could not be parsed.
+    #[error("invalid --disk '{0}': expected path=IMG[,readonly=on|off]")]
+    Disk(String),
     /// `--iommu` could not be parsed.
     #[error("invalid --iommu '{0}': expected intel")]
     Iommu(String),
@@ -228,6 +231,9 @@ pub struct Cli {
     /// Add a device: irqtest[,vectors=N] or dsa[,wqs=N,engines=N,groups=N,ims=N] (repeatable).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
+    /// Add a virtio-blk disk over a raw image: path=IMG[,readonly=on] (repeatable).
+    #[arg(long = "disk", value_name = "path=IMG[,readonly=on]")]
+    pub disks: Vec<String>,
     /// Add an IOMMU: intel (VT-d interrupt remapping, x2APIC mode).
     #[arg(long, value_name = "KIND")]
     pub iommu: Option<String>,
@@ -256,12 +262,49 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// Devices to add.
     pub devices: Vec<DeviceConfig>,
+    /// virtio-blk disks.
+    pub disks: Vec<DiskConfig>,
     /// IOMMU, if any.
     pub iommu: Option<IommuKind>,
     /// Print the hierarchy at exit.
     pub print_interrupts: bool,
     /// Seccomp filters.
     pub seccomp: SeccompMode,
+}
+
+/// A virtio-blk disk added with `--disk`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image.
+    pub path: PathBuf,
+    /// Refuse writes (and open the image read-only).
+    pub readonly: bool,
+}
+
+impl DiskConfig {
+    /// Parses `path=IMG[,readonly=on|off]` (the image itself is opened when the VM is built).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let err = || ConfigError::Disk(s.to_string());
+        let mut path = None;
+        let mut readonly = None;
+        for part in s.split(',') {
+            match part.split_once('=').ok_or_else(err)? {
+                ("path", p) if path.is_none() && !p.is_empty() => path = Some(PathBuf::from(p)),
+                ("readonly", v) if readonly.is_none() => {
+                    readonly = Some(match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(err()),
+                    })
+                }
+                _ => return Err(err()),
+            }
+        }
+        Ok(Self {
+            path: path.ok_or_else(err)?,
+            readonly: readonly.unwrap_or(false),
+        })
+    }
 }
 
 /// Splits `key=value[,key=value]` and returns the value of `key`, rejecting other keys.
@@ -322,6 +365,11 @@ impl VmConfig {
             .iter()
             .map(|d| DeviceConfig::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
+        let disks = cli
+            .disks
+            .iter()
+            .map(|d| DiskConfig::parse(d))
+            .collect::<Result<Vec<_>, _>>()?;
         let iommu = match cli.iommu.as_deref() {
             None => None,
             Some("intel") => Some(IommuKind::Intel),
@@ -342,6 +390,7 @@ impl VmConfig {
             seccomp,
             iommu,
             devices,
+            disks,
             kernel: cli.kernel,
             initramfs: cli.initramfs,
             cmdline: cli.cmdline,
@@ -477,6 +526,39 @@ mod tests {
             Err(ConfigError::Memory(_))
         ));
         assert_eq!(cli(&["--memory", "size=4G"]).unwrap().memory, 4 << 30);
+    }
+
+    #[test]
+    fn disks_parse() {
+        let c = cli(&["--disk", "path=/a.img", "--disk", "readonly=on,path=b"]).unwrap();
+        assert_eq!(
+            c.disks,
+            vec![
+                DiskConfig {
+                    path: "/a.img".into(),
+                    readonly: false
+                },
+                DiskConfig {
+                    path: "b".into(),
+                    readonly: true
+                }
+            ]
+        );
+        for bad in [
+            "",
+            "/a.img",
+            "path=",
+            "path=a,path=b",
+            "path=a,readonly=yes",
+            "path=a,ro=on",
+            "readonly=on",
+        ] {
+            assert_eq!(
+                cli(&["--disk", bad]).unwrap_err(),
+                ConfigError::Disk(bad.into()),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@ use std::convert::TryInto;
 use std::sync::OnceLock;
 
 use kvm_bindings::{
-    kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events,
+    kvm_ioeventfd, kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs, kvm_translation,
+    kvm_vcpu_events,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -65,6 +66,8 @@ pub enum ThreadKind {
     Worker,
     /// The main thread (event loop: console, signals, exit).
     Main,
+    /// A virtio-blk queue worker (epoll on its ioeventfd, vectored I/O on the image).
+    Block,
 }
 
 impl ThreadKind {
@@ -73,6 +76,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Worker => "worker",
             ThreadKind::Main => "main",
+            ThreadKind::Block => "block",
         }
     }
 }
@@ -99,6 +103,8 @@ const KVM_SET_VCPU_EVENTS: u64 = kvm_ioc(IOC_W, 0xa0, std::mem::size_of::<kvm_vc
 pub const KVM_SET_GSI_ROUTING: u64 = kvm_ioc(IOC_W, 0x6a, std::mem::size_of::<kvm_irq_routing>());
 const KVM_IRQFD: u64 = kvm_ioc(IOC_W, 0x76, std::mem::size_of::<kvm_irqfd>());
 const KVM_SIGNAL_MSI: u64 = kvm_ioc(IOC_W, 0xa5, std::mem::size_of::<kvm_msi>());
+/// KVM_IOEVENTFD (virtio notify addresses follow the guest's BAR placement).
+const KVM_IOEVENTFD: u64 = kvm_ioc(IOC_W, 0x79, std::mem::size_of::<kvm_ioeventfd>());
 
 /// Terminal ioctls (raw mode on and off, isatty).
 const TTY_IOCTLS: [u64; 5] = [
@@ -113,7 +119,8 @@ const TTY_IOCTLS: [u64; 5] = [
 const IRQ_IOCTLS: [u64; 3] = [KVM_SET_GSI_ROUTING, KVM_IRQFD, KVM_SIGNAL_MSI];
 
 /// vCPU state access on exits (MOVDIR64B emulation, #UD injection, triple-fault RIP).
-const VCPU_IOCTLS: [u64; 8] = [
+const VCPU_IOCTLS: [u64; 9] = [
+    KVM_IOEVENTFD,
     KVM_RUN,
     KVM_GET_REGS,
     KVM_SET_REGS,
@@ -209,6 +216,27 @@ pub fn worker_rules() -> Rules {
     common_rules()
 }
 
+/// virtio-blk queue workers: epoll over the control eventfd and the queue's ioeventfd,
+/// vectored reads and writes of the image, flush, discard and write-zeroes (fallocate).
+pub fn block_rules() -> Rules {
+    let mut r = common_rules();
+    allow(
+        &mut r,
+        &[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
+            libc::SYS_fallocate,
+        ],
+    );
+    r
+}
+
 /// The main thread's control loop: epoll over the console, signals and the exit eventfd;
 /// at exit, flushing output and tearing the VM down (closing fds, unmapping memory).
 pub fn main_rules() -> Rules {
@@ -233,6 +261,7 @@ pub fn rules(kind: ThreadKind) -> Rules {
         ThreadKind::Vcpu => vcpu_rules(),
         ThreadKind::Worker => worker_rules(),
         ThreadKind::Main => main_rules(),
+        ThreadKind::Block => block_rules(),
     }
 }
 
@@ -275,6 +304,7 @@ pub struct Sandbox {
     vcpu: Option<BpfProgram>,
     worker: Option<BpfProgram>,
     main: Option<BpfProgram>,
+    block: Option<BpfProgram>,
     trigger: TestTrigger,
 }
 
@@ -287,6 +317,7 @@ impl Sandbox {
                     vcpu: None,
                     worker: None,
                     main: None,
+                    block: None,
                     trigger: TestTrigger::None,
                 })
             }
@@ -299,7 +330,8 @@ impl Sandbox {
         Ok(Self {
             vcpu: Some(filter(ThreadKind::Vcpu, action.clone())?),
             worker: Some(filter(ThreadKind::Worker, action.clone())?),
-            main: Some(filter(ThreadKind::Main, action)?),
+            main: Some(filter(ThreadKind::Main, action.clone())?),
+            block: Some(filter(ThreadKind::Block, action)?),
             trigger: TestTrigger::from_env(),
         })
     }
@@ -310,6 +342,7 @@ impl Sandbox {
             ThreadKind::Vcpu => &self.vcpu,
             ThreadKind::Worker => &self.worker,
             ThreadKind::Main => &self.main,
+            ThreadKind::Block => &self.block,
         };
         let Some(prog) = prog else { return Ok(()) };
         set_thread_name(name);
@@ -341,6 +374,26 @@ impl Sandbox {
             devices::worker::set_thread_start_hook(Box::new(move |name| {
                 if let Err(e) = me.apply(ThreadKind::Worker, name) {
                     // A device worker must not run unconfined.
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            }));
+        });
+    }
+}
+
+impl Sandbox {
+    /// Registers the block filter as the virtio crate's thread-start hook (virtio-blk queue
+    /// workers confine themselves when they start).
+    pub fn install_virtio_hook(self: &std::sync::Arc<Self>) {
+        if self.block.is_none() {
+            return;
+        }
+        static INSTALLED: OnceLock<()> = OnceLock::new();
+        let me = self.clone();
+        INSTALLED.get_or_init(|| {
+            virtio::thread::set_thread_start_hook(Box::new(move |name| {
+                if let Err(e) = me.apply(ThreadKind::Block, name) {
                     eprintln!("error: {e}");
                     std::process::exit(1);
                 }

@@ -113,6 +113,9 @@ pub enum VmError {
     /// Device setup failed.
     #[error("device setup: {0}")]
     Device(String),
+    /// A `--disk` image cannot be used.
+    #[error("{0}")]
+    Disk(String),
     /// The seccomp sandbox could not be set up.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -186,6 +189,13 @@ pub struct Vm {
 impl Vm {
     /// Creates the VM described by `config`: memory, devices, ACPI, kernel and vCPUs.
     pub fn create(config: VmConfig) -> Result<Self, VmError> {
+        // Disk images first: a bad one is reported before anything else is set up.
+        let disks = config
+            .disks
+            .iter()
+            .map(|d| virtio::blk::DiskImage::open(&d.path, d.readonly))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| VmError::Disk(e.to_string()))?;
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         for (cap, name) in [
             (Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"),
@@ -243,6 +253,7 @@ impl Vm {
         // they start (hook), vCPU threads and the main thread in `run`.
         let sandbox = Arc::new(Sandbox::new(config.seccomp)?);
         sandbox.install_worker_hook();
+        sandbox.install_virtio_hook();
 
         let movdir64b_requests: Vec<Option<bool>> = config
             .devices
@@ -425,6 +436,26 @@ impl Vm {
                 }
             };
             root.add_device(device)
+                .map_err(|e| VmError::Device(e.to_string()))?;
+        }
+        let ioevents: Arc<dyn virtio::IoEventRegistry> = Arc::new(KvmIoEvents(vm.clone()));
+        for (i, disk) in disks.into_iter().enumerate() {
+            let slot = root
+                .next_free_slot()
+                .ok_or_else(|| VmError::Device("no free PCI slot".into()))?;
+            let requester = RequesterId::pci(0, slot, 0);
+            // One request queue per vCPU.
+            let blk = virtio::blk::Block::new(disk, config.vcpus as usize, &format!("blk{i}"))
+                .map_err(|e| VmError::Device(e.to_string()))?;
+            let dev = virtio::VirtioPciDevice::new(
+                Box::new(blk),
+                &hierarchy,
+                requester,
+                mem.clone(),
+                ioevents.clone(),
+            )
+            .map_err(|e| VmError::Device(e.to_string()))?;
+            root.add_device(Arc::new(Mutex::new(dev)))
                 .map_err(|e| VmError::Device(e.to_string()))?;
         }
         let mmio64_start = pci_mmio64_start(config.memory);
@@ -632,6 +663,30 @@ impl Drop for VcpuExitGuard<'_> {
             "vcpu{} stopped unexpectedly",
             self.id
         )));
+    }
+}
+
+/// KVM ioeventfds for virtio notify addresses (any width, no data match).
+struct KvmIoEvents(Arc<VmFd>);
+
+impl virtio::IoEventRegistry for KvmIoEvents {
+    fn register_mmio(&self, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        self.0
+            .register_ioevent(
+                fd,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+    fn unregister_mmio(&self, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        self.0
+            .unregister_ioevent(
+                fd,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
     }
 }
 
