@@ -283,3 +283,24 @@ pub fn crc32c(seed: u32, data: &[u8]) -> u32 {
     }
     !c
 }
+
+/// A raw disk image of `sectors` sectors in a memfd, byte i = i % 251 (for the virtio-blk
+/// targets: no file system is touched).
+pub fn memfd_image(sectors: u64, readonly: bool) -> (virtio::blk::DiskImage, std::fs::File) {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a valid C string.
+    let fd = unsafe { libc::memfd_create(c"fuzz-disk".as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create");
+    // SAFETY: a fresh descriptor owned by this File.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let data: Vec<u8> = (0..sectors * 512).map(|i| (i % 251) as u8).collect();
+    f.write_all(&data).expect("memfd write");
+    let disk = virtio::blk::DiskImage::from_file(
+        f.try_clone().expect("dup"),
+        std::path::Path::new("fuzz.img"),
+        readonly,
+    )
+    .expect("image");
+    (disk, f)
+}

@@ -160,5 +160,63 @@ impl VirtioDevice for Block {
     }
 }
 
+/// What one [`process_queue`] pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Requests completed.
+    pub requests: usize,
+    /// The driver asked to be notified of these completions (`VIRTIO_RING_F_EVENT_IDX` or
+    /// the ring flags).
+    pub notify: bool,
+    /// The budget ran out with requests still available: call again (after checking for
+    /// a reset). A driver that keeps its ring full, or lays its rings over each other so
+    /// that completions make new requests appear, cannot hold a worker forever.
+    pub more: bool,
+}
+
+/// Serves up to `budget` available requests of `queue` against `disk`.
+/// An error means the queue's rings are corrupt (e.g. an available index that runs ahead
+/// by more than the queue size): the caller stops serving it until the driver resets.
+pub fn process_queue(
+    disk: &DiskImage,
+    mem: &crate::GuestMemory,
+    queue: &mut virtio_queue::Queue,
+    budget: usize,
+) -> Result<Served, virtio_queue::Error> {
+    use virtio_queue::{QueueOwnedT, QueueT};
+    let mut served = Served::default();
+    // Each pass counts too: rings laid over each other can make the notification flag
+    // writes themselves move the available index.
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        if passes > budget {
+            served.more = true;
+            break;
+        }
+        queue.disable_notification(mem)?;
+        // `iter` reports a bad available index as an error.
+        while let Some(chain) = queue.iter(mem)?.next() {
+            let head = chain.head_index();
+            let descs: Vec<_> = chain.collect();
+            let len = request::process(disk, mem, &descs);
+            queue.add_used(mem, head, len)?;
+            served.requests += 1;
+            if served.requests + passes > budget {
+                served.more = true;
+                break;
+            }
+        }
+        if served.more || !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    served.notify = served.requests > 0 && queue.needs_notification(mem)?;
+    Ok(served)
+}
+
+/// Requests a worker serves before it looks at its control channel again.
+pub const WORKER_BUDGET: usize = 4 * QUEUE_SIZE as usize;
+
 #[cfg(test)]
 mod tests;

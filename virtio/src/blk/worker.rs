@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use interrupt::{warn_ratelimited, RateLimiter};
 use log::warn;
-use virtio_queue::{QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::disk::DiskImage;
-use super::request;
 use crate::device::ActiveQueue;
 use crate::GuestMemory;
 
@@ -192,35 +190,23 @@ fn serve(name: &str, r: &mut Running, disk: &DiskImage) {
     if r.broken {
         return;
     }
-    let mem = &r.mem;
-    let queue = &mut r.q.queue;
-    let result: Result<(), virtio_queue::Error> = (|| {
-        let mut used = false;
-        loop {
-            queue.disable_notification(mem)?;
-            // `iter` reports a bad available index as an error (the queue is then broken).
-            while let Some(chain) = queue.iter(mem)?.next() {
-                let head = chain.head_index();
-                let descs: Vec<_> = chain.collect();
-                let len = request::process(disk, mem, &descs);
-                queue.add_used(mem, head, len)?;
-                used = true;
+    match super::process_queue(disk, &r.mem, &mut r.q.queue, super::WORKER_BUDGET) {
+        Ok(served) => {
+            if served.notify {
+                r.q.interrupt.trigger();
             }
-            if !queue.enable_notification(mem)? {
-                break;
+            if served.more {
+                // Come back through epoll, so a reset or exit is seen in between.
+                let _ = r.q.kick.write(1);
             }
         }
-        if used && queue.needs_notification(mem)? {
-            r.q.interrupt.trigger();
+        Err(e) => {
+            warn_ratelimited!(
+                QUEUE_ERRORS,
+                "{name}: queue {} is broken ({e}): stopped until reset",
+                r.q.index
+            );
+            r.broken = true;
         }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        warn_ratelimited!(
-            QUEUE_ERRORS,
-            "{name}: queue {} is broken ({e}): stopped until reset",
-            r.q.index
-        );
-        r.broken = true;
     }
 }
