@@ -253,6 +253,9 @@ else
     trap - EXIT
 fi
 
+# ---------------------------------------------------------------- demo root disk
+"$HERE/rootfs-disk.sh" >/dev/null
+
 # ---------------------------------------------------------------- summary
 echo "$MODE" > "$VMM_ASSETS_DIR/mode"
 log "done"

@@ -270,6 +270,69 @@ fn multiqueue_vectors_are_remapped_with_iommu() {
     assert_eq!(rc, 0, "vmm exit status; output:\n{}", s.tail());
 }
 
+/// The demo's boot (resources/demo.sh): root file system on a virtio-blk disk built from
+/// Debian packages, an initramfs that loads virtio_blk + ext4 and switch_roots; the guest's
+/// `exit` flushes the disk and powers off.
+fn demo_root_on_disk() {
+    let _g = boot_lock();
+    let out = Command::new("bash")
+        .arg(tests::resources_dir().join("rootfs-disk.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run rootfs-disk.sh");
+    assert!(out.status.success(), "rootfs-disk.sh failed");
+    let paths: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(paths.len(), 2, "rootfs-disk.sh output: {paths:?}");
+    let dir = std::env::temp_dir().join(format!("virtio-blk-demo.{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    let img = dir.join("rootfs.ext4");
+    std::fs::copy(&paths[0], &img).unwrap();
+    let mut cfg = SessionConfig::from_env(&standard_guest_args());
+    cfg.initramfs = paths[1].clone();
+    let disk = match cfg.mode {
+        Mode::Direct => img.display().to_string(),
+        Mode::Nested => {
+            cfg.nested_args.extend([
+                "--file".into(),
+                format!("{}:/disk/rootfs.ext4", img.display()),
+            ]);
+            "/disk/rootfs.ext4".into()
+        }
+    };
+    cfg.args.extend(["--disk".into(), format!("path={disk}")]);
+    let mut s = GuestSession::start_with(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let ready = s
+        .wait_for(READY, boot_timeout(s.mode()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        ready.contains("root /dev/vda ext4") && ready.contains("Debian"),
+        "not booted from the disk: {ready}"
+    );
+    let ct = cmd_timeout(s.mode());
+    s.wait_for_prompt(PROMPT, ct)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = s.run_marked(
+        "echo hello > /root/note && cat /root/note && cat /etc/hostname",
+        "@@note-done",
+        ct,
+    );
+    assert!(out.iter().any(|l| l == "hello"), "{out:?}");
+    assert!(out.iter().any(|l| l == "rootfs"), "{out:?}");
+    s.send_line("exit");
+    let rc = s
+        .wait_exit(boot_timeout(s.mode()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rc, 0, "vmm exit status; output:\n{}", s.tail());
+}
+
+fn demo_test() {
+    with_l1_retry(demo_root_on_disk);
+}
+
 fn mount_write_read_fsck_test() {
     with_l1_retry(mount_write_read_fsck);
 }
@@ -278,4 +341,4 @@ fn iommu_test() {
     with_l1_retry(multiqueue_vectors_are_remapped_with_iommu);
 }
 
-tests::test_main!(mount_write_read_fsck_test, iommu_test);
+tests::test_main!(mount_write_read_fsck_test, iommu_test, demo_test);
