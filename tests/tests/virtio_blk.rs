@@ -333,6 +333,164 @@ fn demo_test() {
     with_l1_retry(demo_root_on_disk);
 }
 
+/// One benchmark figure: (vmm, round, mode) -> (iops, MB/s).
+type BenchFigures = Vec<(String, String, f64, f64)>;
+
+/// Parses `@@BENCH <vmm> round N` markers and the `BLKBENCH mode=...` lines after them.
+fn bench_figures(lines: &[String]) -> BenchFigures {
+    let mut who = String::new();
+    let mut out = Vec::new();
+    for l in lines {
+        if let Some(rest) = l.split("@@BENCH ").nth(1) {
+            who = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        } else if l.contains("BLKBENCH mode=") && !who.is_empty() {
+            let f = tests::parse_fields(l, "BLKBENCH ");
+            let num = |k: &str| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            out.push((
+                who.clone(),
+                f.get("mode").cloned().unwrap_or_default(),
+                num("iops"),
+                num("mbps"),
+            ));
+        }
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// virtio-blk beside QEMU's on the same image in the same L1 (QEMU's binary, libraries and
+/// firmware copied into L1): 4 KiB random reads at queue depth 32 (IOPS) and 1 MiB sequential
+/// reads at queue depth 4 (MB/s), O_DIRECT in the guest (`resources/blkbench`), 2 vCPUs and
+/// 2 request queues each, the image read-only; rounds interleaved, medians printed as
+/// ratios. No speed is asserted; both must produce figures.
+fn benchmark_against_qemu() {
+    let _g = boot_lock();
+    let mut cfg = SessionConfig::from_env(&standard_guest_args());
+    if cfg.mode != Mode::Nested {
+        tests::skip("the QEMU comparison runs in the nested harness (QEMU copied into L1)");
+    }
+    let qemu = which("qemu-system-x86_64");
+    cfg.initramfs = build_initramfs("blkbench-initramfs.sh");
+    let dir = std::env::temp_dir().join(format!("virtio-blk-bench.{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = TempDir(dir.clone());
+    // 128 MiB of non-zero data (holes would read faster than data).
+    let img = dir.join("bench.img");
+    let mut data = vec![0u8; 128 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for c in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&img, &data).unwrap();
+    drop(data);
+    let rounds = 2;
+    let secs = 5;
+    let wrapper = dir.join("bench.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh
+             for r in $(seq 1 {rounds}); do
+             echo \"@@BENCH vmm round $r\"
+             /vmm-real \"$@\" </dev/null
+             echo \"@@BENCH qemu round $r\"
+             /bin/qemu-system-x86_64 -accel kvm -cpu host -M q35 -m 512 -smp 2 -nodefaults              -nographic -serial stdio -kernel /l2/vmlinuz -initrd /l2/initramfs.cpio.gz              -append 'console=ttyS0 quiet blkbench.secs={secs}'              -drive file=/disk/bench.img,if=none,id=d0,format=raw,readonly=on              -device virtio-blk-pci,drive=d0,num-queues=2 </dev/null
+             done
+exit 0
+"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    cfg.nested_args.extend([
+        "--file".into(),
+        format!("{}:/vmm-real", cfg.vmm.display()),
+        "--file".into(),
+        format!("{}:/bin/qemu-system-x86_64", qemu.display()),
+        "--file".into(),
+        "/usr/share/qemu:/usr/share/qemu".into(),
+        "--file".into(),
+        "/usr/share/seabios:/usr/share/seabios".into(),
+        "--file".into(),
+        format!("{}:/disk/bench.img", img.display()),
+    ]);
+    cfg.vmm = wrapper;
+    cfg.args = vec![
+        "--cmdline".into(),
+        format!("console=ttyS0 quiet blkbench.secs={secs}"),
+        "--cpus".into(),
+        "boot=2".into(),
+        "--memory".into(),
+        "size=512M".into(),
+        "--disk".into(),
+        "path=/disk/bench.img,readonly=on".into(),
+    ];
+    let mut s = GuestSession::start_with(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    let rc = s
+        .wait_exit(boot_timeout(s.mode()) * 6)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines: Vec<String> = s.lines().into_iter().map(|l| l.text).collect();
+    assert_eq!(rc, 0, "benchmark wrapper status; output:\n{}", s.tail());
+    let figs = bench_figures(&lines);
+    for l in lines.iter().filter(|l| l.contains("BLKBENCH")) {
+        eprintln!("{l}");
+    }
+    let pick = |who: &str, mode: &str, iops: bool| {
+        median(
+            figs.iter()
+                .filter(|f| f.0 == who && f.1 == mode)
+                .map(|f| if iops { f.2 } else { f.3 })
+                .collect(),
+        )
+    };
+    let (vr, qr) = (
+        pick("vmm", "randread", true),
+        pick("qemu", "randread", true),
+    );
+    let (vs, qs) = (
+        pick("vmm", "seqread", false),
+        pick("qemu", "seqread", false),
+    );
+    for (name, v) in [
+        ("vmm randread", vr),
+        ("qemu randread", qr),
+        ("vmm seqread", vs),
+        ("qemu seqread", qs),
+    ] {
+        assert!(v > 0.0, "no {name} figure; output:\n{}", s.tail());
+    }
+    println!(
+        "virtio-blk vs QEMU (same image, same L1, medians of {rounds}): \
+         4 KiB random reads QD32: vmm {vr:.0} IOPS, QEMU {qr:.0} IOPS, ratio {:.2}; \
+         1 MiB sequential reads QD4: vmm {vs:.1} MB/s, QEMU {qs:.1} MB/s, ratio {:.2}",
+        vr / qr,
+        vs / qs
+    );
+}
+
+fn benchmark_test() {
+    with_l1_retry(benchmark_against_qemu);
+}
+
 fn mount_write_read_fsck_test() {
     with_l1_retry(mount_write_read_fsck);
 }
@@ -341,4 +499,9 @@ fn iommu_test() {
     with_l1_retry(multiqueue_vectors_are_remapped_with_iommu);
 }
 
-tests::test_main!(mount_write_read_fsck_test, iommu_test, demo_test);
+tests::test_main!(
+    mount_write_read_fsck_test,
+    iommu_test,
+    demo_test,
+    benchmark_test
+);
