@@ -28,7 +28,7 @@ pub enum ConfigError {
     #[error("--memory size {0} bytes is not a multiple of 4 KiB: rejected (not rounded); {1} bytes would be")]
     MemoryNotPageAligned(u64, u64),
     /// `--device` could not be parsed.
-    #[error("invalid --device '{0}': expected irqtest[,vectors=N] (N in 1..=2048) or dsa[,wqs=N,engines=N,groups=N,ims=N,movdir64b=on|off]")]
+    #[error("invalid --device '{0}': expected irqtest[,vectors=N,ims=N] (vectors 1..=2048, ims 0..=65536) or dsa[,wqs=N,engines=N,groups=N,ims=N,movdir64b=on|off]")]
     Device(String),
     /// `--seccomp` could not be parsed.
     #[error("invalid --seccomp '{0}': expected on, log or off")]
@@ -69,6 +69,8 @@ pub enum DeviceConfig {
     IrqTest {
         /// MSI-X table size.
         vectors: usize,
+        /// IMS table size (0: no IMS).
+        ims: usize,
     },
     /// An Intel DSA (idxd) device.
     Dsa {
@@ -128,15 +130,23 @@ impl DeviceConfig {
         }
     }
 
-    /// Parses `irqtest[,vectors=N]`.
+    /// Parses `irqtest[,vectors=N,ims=N]` or `dsa[,...]`.
     pub fn parse(spec: &str) -> Result<Self, ConfigError> {
         let bad = || ConfigError::Device(spec.to_string());
         let mut parts = spec.split(',');
         match parts.next() {
             Some("irqtest") => {
                 let mut vectors = IRQTEST_DEFAULT_VECTORS;
+                let mut ims = 0;
                 for p in parts {
                     match p.split_once('=') {
+                        Some(("ims", v)) => {
+                            ims = v
+                                .parse()
+                                .ok()
+                                .filter(|n| *n <= devices::irqtest::IRQTEST_MAX_IMS)
+                                .ok_or_else(bad)?
+                        }
                         Some(("vectors", v)) => {
                             vectors = v
                                 .parse()
@@ -147,7 +157,7 @@ impl DeviceConfig {
                         _ => return Err(bad()),
                     }
                 }
-                Ok(DeviceConfig::IrqTest { vectors })
+                Ok(DeviceConfig::IrqTest { vectors, ims })
             }
             Some("dsa") => {
                 let (mut wqs, mut engines, mut groups, mut ims) = (4u8, 4u8, 4u8, 256u16);
@@ -225,7 +235,7 @@ pub struct Cli {
     /// Serial console: tty, off or file=PATH.
     #[arg(long, default_value = "tty", value_name = "MODE")]
     pub serial: String,
-    /// Add a device: irqtest[,vectors=N] or dsa[,wqs=N,engines=N,groups=N,ims=N] (repeatable).
+    /// Add a device: irqtest[,vectors=N,ims=N] or dsa[,wqs=N,engines=N,groups=N,ims=N] (repeatable).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
     /// Add an IOMMU: intel (VT-d interrupt remapping, x2APIC mode).
@@ -481,19 +491,37 @@ mod tests {
 
     #[test]
     fn devices_parse() {
-        let c = cli(&["--device", "irqtest", "--device", "irqtest,vectors=2048"]).unwrap();
+        let c = cli(&[
+            "--device",
+            "irqtest",
+            "--device",
+            "irqtest,vectors=2048",
+            "--device",
+            "irqtest,ims=65536,vectors=4",
+        ])
+        .unwrap();
         assert_eq!(
             c.devices,
             vec![
                 DeviceConfig::IrqTest {
-                    vectors: IRQTEST_DEFAULT_VECTORS
+                    vectors: IRQTEST_DEFAULT_VECTORS,
+                    ims: 0
                 },
-                DeviceConfig::IrqTest { vectors: 2048 }
+                DeviceConfig::IrqTest {
+                    vectors: 2048,
+                    ims: 0
+                },
+                DeviceConfig::IrqTest {
+                    vectors: 4,
+                    ims: 65536
+                }
             ]
         );
         for bad in [
             "irqtest,vectors=0",
             "irqtest,vectors=2049",
+            "irqtest,ims=65537",
+            "irqtest,ims=-1",
             "irqtest,x=1",
             "nvme",
             "",

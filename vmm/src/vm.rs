@@ -412,8 +412,8 @@ impl Vm {
                 .ok_or_else(|| VmError::Device("no free PCI slot".into()))?;
             let requester = RequesterId::pci(0, slot, 0);
             let device: Arc<Mutex<dyn PciDevice>> = match dev {
-                DeviceConfig::IrqTest { vectors } => Arc::new(Mutex::new(
-                    IrqTest::new(&hierarchy, requester, *vectors)
+                DeviceConfig::IrqTest { vectors, ims } => Arc::new(Mutex::new(
+                    IrqTest::with_ims(&hierarchy, requester, *vectors, *ims)
                         .map_err(|e| VmError::Device(e.to_string()))?,
                 )),
                 DeviceConfig::Dsa { .. } => {
