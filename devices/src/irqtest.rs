@@ -198,7 +198,6 @@ impl ImsTable {
             return;
         };
         let e = &mut self.entries[i];
-        let before = *e;
         for (w, chunk) in (first..).zip(data.chunks_exact(4)) {
             let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
             match w {
@@ -210,16 +209,15 @@ impl ImsTable {
         }
         let e = *e;
         let d = &self.domain;
-        let message =
-            (e.addr_lo, e.addr_hi, e.data) != (before.addr_lo, before.addr_hi, before.data);
-        let mask = e.masked != before.masked;
-        let r = (if message {
+        // The domain ignores a write that changes nothing.
+        let last = first + data.len() / 4 - 1;
+        let r = (if first < 3 {
             d.set_message(i, Some(MsiMessage::new(e.addr_lo, e.addr_hi, e.data)))
         } else {
             Ok(())
         })
         .and_then(|_| {
-            if mask {
+            if last == 3 {
                 d.set_masked(i, e.masked)
             } else {
                 Ok(())
