@@ -21,7 +21,8 @@
 //! unmask), counting each such interrupt as relayed.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use log::warn;
@@ -162,6 +163,23 @@ pub struct DeviceDomain {
     chip: Option<Arc<dyn MsiChip>>,
     me: Weak<DeviceDomain>,
     vectors: Mutex<Vec<VectorDesc>>,
+    /// Per-vector state read without the lock by [`fire`](DeviceDomain::fire).
+    fast: Box<[FastPath]>,
+}
+
+/// What a fire needs to reach KVM without taking the domain's lock.
+#[derive(Default)]
+struct FastPath {
+    /// The vector's eventfd: its irqfd (or a host-signalled vector's trigger). Created when
+    /// the vector first gets a GSI and kept for the domain's life, so a lock-free fire never
+    /// sees it change.
+    eventfd: OnceLock<Arc<EventFd>>,
+    /// Set under the lock once a fire has gone through with the vector unmasked and its
+    /// route committed; cleared under the lock by anything that changes that (mask,
+    /// re-route, release). While set, a fire is one counter increment and one eventfd write.
+    direct: AtomicBool,
+    /// Fires (all delivered) that took the lock-free path.
+    fires: AtomicU64,
 }
 
 impl DeviceDomain {
@@ -191,6 +209,7 @@ impl DeviceDomain {
             chip,
             me,
             vectors: Mutex::new(vectors),
+            fast: (0..size).map(|_| FastPath::default()).collect(),
         }
     }
 
@@ -266,7 +285,7 @@ impl DeviceDomain {
         }
         d.message = message;
         if d.vector.is_some() || !d.masked {
-            self.route(d)?;
+            self.route(index, d)?;
         }
         if self.is_host_signalled() {
             self.activate_host(index, d)?;
@@ -283,15 +302,18 @@ impl DeviceDomain {
             return Ok(());
         }
         d.masked = masked;
+        if masked {
+            self.fast[index].direct.store(false, Ordering::Release);
+        }
         if !masked && d.vector.is_none() && d.message.is_some() {
-            self.route(d)?;
+            self.route(index, d)?;
         }
         if self.is_host_signalled() {
             self.activate_host(index, d)?;
         }
         if !masked && d.pending {
             d.pending = false;
-            self.deliver(d);
+            self.deliver(index, d);
         }
         Ok(())
     }
@@ -299,7 +321,25 @@ impl DeviceDomain {
     /// Fires vector `index`: delivered now if unmasked, else remembered as pending. On a
     /// host-signalled domain this is one write to the vector's trigger.
     pub fn fire(&self, index: usize) -> Result<()> {
-        if self.is_host_signalled() {
+        let fast = self.fast.get(index).ok_or_else(|| Error::IndexOutOfRange {
+            domain: self.name.clone(),
+            index,
+            size: self.fast.len(),
+        })?;
+        let host = self.is_host_signalled();
+        if host || fast.direct.load(Ordering::Acquire) {
+            if let Some(fd) = fast.eventfd.get() {
+                if !host {
+                    fast.fires.fetch_add(1, Ordering::Relaxed);
+                }
+                return fd.write(1).map_err(|source| Error::Trigger {
+                    domain: self.name.clone(),
+                    index,
+                    source,
+                });
+            }
+        }
+        if host {
             let trigger = self.trigger(index)?;
             return trigger.write(1).map_err(|source| Error::Trigger {
                 domain: self.name.clone(),
@@ -313,7 +353,7 @@ impl DeviceDomain {
         if d.masked {
             d.pending = true;
         } else {
-            self.deliver(d);
+            self.deliver(index, d);
         }
         Ok(())
     }
@@ -344,6 +384,7 @@ impl DeviceDomain {
     pub fn release(&self, index: usize) -> Result<()> {
         let mut v = self.lock();
         let d = self.desc(&mut v, index)?;
+        self.fast[index].direct.store(false, Ordering::Release);
         if d.started {
             d.started = false;
             if let Some(chip) = &self.chip {
@@ -402,7 +443,7 @@ impl DeviceDomain {
         for (index, d) in v.iter_mut().enumerate() {
             let covered = d.vector.is_some() && d.message.is_some_and(|m| covers(&m));
             if covered {
-                self.route(d)?;
+                self.route(index, d)?;
                 if d.trigger.is_some() {
                     self.activate_host(index, d)?;
                 }
@@ -417,16 +458,17 @@ impl DeviceDomain {
         self.lock()
             .iter()
             .enumerate()
-            .map(|(index, d)| Self::snap(index, d))
+            .map(|(index, d)| self.snap(index, d))
             .collect()
     }
 
     /// Snapshot of vector `index` alone (O(1)).
     pub fn vector_snapshot(&self, index: usize) -> Option<VectorSnapshot> {
-        self.lock().get(index).map(|d| Self::snap(index, d))
+        self.lock().get(index).map(|d| self.snap(index, d))
     }
 
-    fn snap(index: usize, d: &VectorDesc) -> VectorSnapshot {
+    fn snap(&self, index: usize, d: &VectorDesc) -> VectorSnapshot {
+        let fast = self.fast[index].fires.load(Ordering::Relaxed);
         VectorSnapshot {
             index,
             message: d.message,
@@ -434,8 +476,8 @@ impl DeviceDomain {
             gsi: d.vector.as_ref().map(|v| v.gsi()),
             masked: d.masked,
             pending: d.pending,
-            fires: d.fires,
-            deliveries: d.deliveries,
+            fires: d.fires + fast,
+            deliveries: d.deliveries + fast,
             dropped: d.dropped,
             relayed: d.relayed,
             attached: d.vector.as_ref().is_some_and(|v| v.is_attached()) && d.trigger.is_some(),
@@ -451,6 +493,7 @@ impl DeviceDomain {
         }
         let t = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?);
         d.trigger = Some(t.clone());
+        let _ = self.fast[index].eventfd.set(t.clone());
         self.sync_trigger(index, d)?;
         Ok(t)
     }
@@ -530,14 +573,15 @@ impl DeviceDomain {
         if d.masked {
             d.pending = true;
         } else {
-            self.deliver(d);
+            self.deliver(index, d);
         }
     }
 
     /// Computes the remapped message and installs it as the vector's route, allocating the
     /// CPU vector if needed. When no GSI is left the vector stays unrouted and deliveries take
     /// the slow path.
-    fn route(&self, d: &mut VectorDesc) -> Result<()> {
+    fn route(&self, index: usize, d: &mut VectorDesc) -> Result<()> {
+        self.fast[index].direct.store(false, Ordering::Release);
         let outcome = d
             .message
             .map(|m| self.hierarchy.remap_layer().remap(self.requester, m))
@@ -554,12 +598,23 @@ impl DeviceDomain {
         }
         if d.vector.is_none() {
             let layer = self.hierarchy.vector_layer();
-            let allocated = match &d.trigger {
-                Some(t) => layer.allocate_external(d.fixed_gsi, t.clone()),
-                None => layer.allocate(d.fixed_gsi),
+            let fast = &self.fast[index];
+            let allocated = match (&d.trigger, fast.eventfd.get()) {
+                (Some(t), _) => layer.allocate_external(d.fixed_gsi, t.clone()),
+                (None, Some(fd)) => {
+                    // A fire racing with the last release may have left a count behind.
+                    let _ = fd.read();
+                    layer.allocate_with_irqfd(d.fixed_gsi, fd.clone())
+                }
+                (None, None) => layer.allocate(d.fixed_gsi),
             };
             match allocated {
-                Ok(v) => d.vector = Some(v),
+                Ok(v) => {
+                    if d.trigger.is_none() {
+                        let _ = fast.eventfd.set(v.shared_irqfd());
+                    }
+                    d.vector = Some(v);
+                }
                 Err(Error::GsiExhausted(limit)) => {
                     self.hierarchy.note_gsi_exhausted(limit);
                     return Ok(());
@@ -576,9 +631,9 @@ impl DeviceDomain {
         Ok(())
     }
 
-    fn deliver(&self, d: &mut VectorDesc) {
+    fn deliver(&self, index: usize, d: &mut VectorDesc) {
         if d.vector.is_none() && d.message.is_some() {
-            if let Err(e) = self.route(d) {
+            if let Err(e) = self.route(index, d) {
                 warn_ratelimited!(
                     DELIVERY_FAILURES,
                     "{}: cannot activate vector: {e}",
@@ -588,7 +643,14 @@ impl DeviceDomain {
         }
         let layer = self.hierarchy.vector_layer();
         let result = match (&d.vector, d.remapped) {
-            (Some(v), Some(RemapOutcome::Deliver(_))) => layer.fire(v),
+            (Some(v), Some(RemapOutcome::Deliver(_))) => {
+                let r = layer.fire(v);
+                if r.is_ok() && !d.masked && d.trigger.is_none() {
+                    // Route committed, vector unmasked: later fires need not lock.
+                    self.fast[index].direct.store(true, Ordering::Release);
+                }
+                r
+            }
             // No GSI could be had: deliver through KVM_SIGNAL_MSI.
             (None, Some(RemapOutcome::Deliver(m))) => layer.signal_msi(m),
             _ => {
@@ -697,7 +759,7 @@ mod tests {
         d.fire(0).unwrap();
         let before = b.committed.lock().unwrap().clone();
         d.set_message(1, Some(msg(0x50))).unwrap();
-        d.fire(0).unwrap();
+        d.fire(1).unwrap();
         let after = b.committed.lock().unwrap().clone();
         assert_eq!(before[0], after[0]);
         assert_eq!(after[1], (25, msg(0x50)));
@@ -801,7 +863,7 @@ mod tests {
         *remap.0.lock().unwrap() = 0x80;
         let n = h.retranslate(RetranslateScope::IrteRange { start: 1, count: 2 });
         assert_eq!(n, 2);
-        d.fire(0).unwrap();
+        d.fire(1).unwrap();
         let r: Vec<u8> = b
             .committed
             .lock()
@@ -1089,5 +1151,53 @@ mod tests {
         drop(d);
         assert_eq!(*chip.stopped.lock().unwrap(), vec![0]);
         assert_eq!(h.relay_watched(), 0);
+    }
+
+    #[test]
+    fn fires_after_the_first_take_the_lock_free_path_until_something_changes() {
+        let (b, h) = setup(4096);
+        let d = h.create_domain("dev", DomainKind::MsiX, RequesterId(8), 2, None);
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        d.set_masked(0, false).unwrap();
+        d.fire(0).unwrap(); // commits, then the vector is direct
+        assert!(d.fast[0].direct.load(Ordering::Relaxed));
+        let fd = d.fast[0].eventfd.get().unwrap().clone();
+        let _ = fd.read();
+        d.fire(0).unwrap();
+        d.fire(0).unwrap();
+        assert_eq!(fd.read().unwrap(), 2, "two eventfd writes");
+        assert_eq!(d.fast[0].fires.load(Ordering::Relaxed), 2);
+        let s = d.snapshot()[0].clone();
+        assert_eq!((s.fires, s.deliveries), (3, 3));
+        // A pending route change of another vector does not hold this one up...
+        d.set_message(1, Some(msg(0x41))).unwrap();
+        d.set_masked(1, false).unwrap();
+        let commits = b.commits.load(Ordering::Relaxed);
+        d.fire(0).unwrap();
+        assert_eq!(b.commits.load(Ordering::Relaxed), commits);
+        // ...but that vector's own first fire commits it.
+        d.fire(1).unwrap();
+        assert_eq!(b.commits.load(Ordering::Relaxed), commits + 1);
+        // Masking, re-routing and release each send the next fire back under the lock.
+        d.set_masked(0, true).unwrap();
+        d.fire(0).unwrap();
+        assert!(d.is_pending(0));
+        d.set_masked(0, false).unwrap();
+        d.fire(0).unwrap();
+        assert!(d.fast[0].direct.load(Ordering::Relaxed));
+        d.set_message(0, Some(msg(0x42))).unwrap();
+        assert!(!d.fast[0].direct.load(Ordering::Relaxed));
+        d.fire(0).unwrap();
+        assert_eq!(b.committed.lock().unwrap()[0].1, msg(0x42));
+        d.release(0).unwrap();
+        assert!(!d.fast[0].direct.load(Ordering::Relaxed));
+        d.fire(0).unwrap();
+        assert!(d.is_pending(0), "a released vector is masked");
+        // Reactivation reuses the same eventfd, drained of anything left behind.
+        fd.write(5).unwrap();
+        d.set_message(0, Some(msg(0x43))).unwrap();
+        d.set_masked(0, false).unwrap();
+        assert!(Arc::ptr_eq(&fd, d.fast[0].eventfd.get().unwrap()));
+        assert_eq!(fd.read().unwrap(), 1, "only the pending interrupt");
     }
 }

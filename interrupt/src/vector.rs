@@ -87,6 +87,11 @@ impl Vector {
         &self.irqfd
     }
 
+    /// The irqfd, shared (a domain keeps it for the vector's next activation).
+    pub fn shared_irqfd(&self) -> Arc<EventFd> {
+        self.irqfd.clone()
+    }
+
     /// Whether the irqfd is bound to the GSI in KVM (always, except for vectors allocated with
     /// [`VectorLayer::allocate_external`] while detached).
     pub fn is_attached(&self) -> bool {
@@ -128,6 +133,10 @@ pub trait VectorLayer: Send + Sync {
     /// signals (a host device through VFIO, a vhost worker). It starts detached: the irqfd is
     /// bound to the GSI only by [`set_attached`](Self::set_attached).
     fn allocate_external(&self, fixed: Option<Gsi>, trigger: Arc<EventFd>) -> Result<Arc<Vector>>;
+    /// Like [`allocate`](Self::allocate), with the caller's eventfd as the irqfd (bound at
+    /// once): a domain keeps one eventfd per vector for its whole life, so a fire that does
+    /// not take the domain's lock never sees the descriptor change.
+    fn allocate_with_irqfd(&self, fixed: Option<Gsi>, irqfd: Arc<EventFd>) -> Result<Arc<Vector>>;
     /// Binds (`true`) or unbinds the vector's irqfd to its GSI. While unbound, signals stay
     /// in the eventfd's counter.
     fn set_attached(&self, vector: &Vector, attached: bool) -> Result<()>;
@@ -334,6 +343,10 @@ impl VectorLayer for KvmVectorLayer {
 
     fn allocate_external(&self, fixed: Option<Gsi>, trigger: Arc<EventFd>) -> Result<Arc<Vector>> {
         self.allocate_with(fixed, trigger, false)
+    }
+
+    fn allocate_with_irqfd(&self, fixed: Option<Gsi>, irqfd: Arc<EventFd>) -> Result<Arc<Vector>> {
+        self.allocate_with(fixed, irqfd, true)
     }
 
     fn set_attached(&self, vector: &Vector, attached: bool) -> Result<()> {

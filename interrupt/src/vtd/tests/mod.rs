@@ -372,6 +372,14 @@ impl VectorLayer for ObservingLayer {
         self.inner.allocate_external(fixed, trigger)
     }
 
+    fn allocate_with_irqfd(
+        &self,
+        fixed: Option<Gsi>,
+        irqfd: Arc<vmm_sys_util::eventfd::EventFd>,
+    ) -> crate::Result<Arc<Vector>> {
+        self.inner.allocate_with_irqfd(fixed, irqfd)
+    }
+
     fn set_attached(&self, vector: &Vector, attached: bool) -> crate::Result<()> {
         self.inner.set_attached(vector, attached)
     }
