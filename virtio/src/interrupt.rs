@@ -58,7 +58,11 @@ impl VirtioInterrupt {
     /// the vector's stable trigger of a host-signalled domain. `None` without a vector or
     /// while the domain has no host-signalled triggers.
     pub fn eventfd(&self) -> Option<Arc<EventFd>> {
-        None
+        let v = self.vector?;
+        if !self.domain.is_host_signalled() {
+            return None;
+        }
+        self.domain.trigger(usize::from(v)).ok()
     }
 }
 
