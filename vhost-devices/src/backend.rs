@@ -167,3 +167,111 @@ mod tests {
         assert_eq!(t[1].userspace_addr, host);
     }
 }
+
+/// A ring taken from the transport's activation, owning its eventfds.
+pub(crate) struct OwnedVring {
+    index: usize,
+    size: u16,
+    max_size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    kick: std::sync::Arc<EventFd>,
+    call: std::sync::Arc<EventFd>,
+}
+
+impl OwnedVring {
+    pub(crate) fn setup(&self) -> VringSetup<'_> {
+        VringSetup {
+            index: self.index,
+            size: self.size,
+            max_size: self.max_size,
+            desc: self.desc,
+            avail: self.avail,
+            used: self.used,
+            kick: &self.kick,
+            call: &self.call,
+        }
+    }
+}
+
+/// The rings `wanted` of an activation, each with its kick (the queue's ioeventfd) and its
+/// call (the trigger eventfd of the queue's MSI-X vector). A wanted queue the driver did not
+/// enable, or one without an MSI-X vector, refuses the activation.
+pub(crate) fn vrings(
+    a: &virtio::Activation,
+    wanted: std::ops::Range<usize>,
+) -> Result<Vec<OwnedVring>, virtio::ActivateError> {
+    use virtio_queue::QueueT;
+    wanted
+        .map(|i| {
+            let q = a.queues.iter().find(|q| q.index == i).ok_or_else(|| {
+                virtio::ActivateError::Queues(format!("queue {i} is not enabled"))
+            })?;
+            let call = q.interrupt.eventfd().ok_or_else(|| {
+                virtio::ActivateError::Queues(format!("queue {i} has no MSI-X vector"))
+            })?;
+            Ok(OwnedVring {
+                index: i,
+                size: q.queue.size(),
+                max_size: q.queue.max_size(),
+                desc: q.queue.desc_table(),
+                avail: q.queue.avail_ring(),
+                used: q.queue.used_ring(),
+                kick: q.kick.clone(),
+                call,
+            })
+        })
+        .collect()
+}
+
+/// The chip of a vhost device's MSI-X domain: the vhost worker signals each vector's
+/// trigger eventfd (its call fd) itself, so KVM injects with no VMM thread in between.
+pub struct VhostChip {
+    name: String,
+    what: String,
+}
+
+impl VhostChip {
+    /// A chip named `name` ("vhost-net", "vhost-vsock") described as `what` in the view.
+    pub fn new(name: &str, what: String) -> Self {
+        Self {
+            name: name.to_string(),
+            what,
+        }
+    }
+}
+
+impl interrupt::MsiChip for VhostChip {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn host_signalled(&self) -> bool {
+        true
+    }
+    fn describe(&self) -> Option<String> {
+        Some(self.what.clone())
+    }
+}
+
+/// The vhost ioctls a device makes after creation (activation and reset, on the vCPU
+/// thread that writes DRIVER_OK or resets the device), for the seccomp allow-lists.
+pub fn activation_ioctls() -> Vec<u64> {
+    use vhost::vhost_kern::vhost_binding as b;
+    [
+        b::VHOST_SET_FEATURES(),
+        b::VHOST_SET_MEM_TABLE(),
+        b::VHOST_SET_VRING_NUM(),
+        b::VHOST_SET_VRING_ADDR(),
+        b::VHOST_SET_VRING_BASE(),
+        b::VHOST_GET_VRING_BASE(),
+        b::VHOST_SET_VRING_CALL(),
+        b::VHOST_SET_VRING_KICK(),
+        b::VHOST_NET_SET_BACKEND(),
+        b::VHOST_VSOCK_SET_RUNNING(),
+        libc::TUNSETOFFLOAD,
+    ]
+    .into_iter()
+    .map(|n| n as u64)
+    .collect()
+}

@@ -162,6 +162,7 @@ impl VhostNetDevice {
 
     /// DRIVER_OK: hands the rings to vhost-net with the tap as back-end.
     pub fn activate(&mut self, acked: u64, vrings: &[VringSetup<'_>]) -> Result<(), NetError> {
+        self.active = true; // a failure part-way is undone by `reset`
         let acked = acked & self.features;
         self.tap.set_offload(tap_offloads(acked))?;
         // the tap consumes the 12-byte header (VHOST_NET_F_VIRTIO_NET_HDR not acked)
@@ -173,7 +174,6 @@ impl VhostNetDevice {
                 self.vhost.set_backend(v.index, Some(self.tap.file())),
             )?;
         }
-        self.active = true;
         Ok(())
     }
 
@@ -220,5 +220,50 @@ mod tests {
         let m = "52:54:00:12:34:56".parse().unwrap();
         assert_eq!(net_config(Some(m)), [0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0]);
         assert_eq!(net_config(None), [0, 0, 0, 0, 0, 0, 1, 0]);
+    }
+}
+
+impl virtio::VirtioDevice for VhostNetDevice {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn name(&self) -> &str {
+        "virtio-net"
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![NET_QUEUE_SIZE; NET_QUEUES]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn pci_class(&self) -> (u8, u8) {
+        (0x02, 0x00) // network controller, Ethernet
+    }
+
+    fn msi_chip(&self) -> Option<Arc<dyn interrupt::MsiChip>> {
+        let what = format!("tap {}", self.tap.name());
+        Some(Arc::new(backend::VhostChip::new("vhost-net", what)))
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        VhostNetDevice::read_config(self, offset, data)
+    }
+
+    fn activate(&mut self, a: virtio::Activation) -> Result<(), virtio::ActivateError> {
+        let rings = backend::vrings(&a, 0..NET_QUEUES)?;
+        let setups: Vec<VringSetup<'_>> = rings.iter().map(|r| r.setup()).collect();
+        VhostNetDevice::activate(self, a.features, &setups).map_err(|e| {
+            // leave nothing half-started
+            VhostNetDevice::reset(self);
+            virtio::ActivateError::Host(e.to_string())
+        })
+    }
+
+    fn reset(&mut self) {
+        VhostNetDevice::reset(self)
     }
 }

@@ -146,6 +146,7 @@ impl VhostVsockDevice {
     /// DRIVER_OK: hands the receive and transmit rings to vhost-vsock and starts it. Rings
     /// with index 2 (event) or above stay with the device.
     pub fn activate(&mut self, acked: u64, vrings: &[VringSetup<'_>]) -> Result<(), VsockError> {
+        self.active = true; // a failure part-way is undone by `reset`
         let acked = acked & self.features & self.vhost_features;
         let vhost_rings: Vec<VringSetup<'_>> = vrings
             .iter()
@@ -154,7 +155,6 @@ impl VhostVsockDevice {
             .collect();
         backend::start_vrings(&self.vhost, acked, &self.mem, &vhost_rings)?;
         step("VHOST_VSOCK_SET_RUNNING 1", self.vhost.start())?;
-        self.active = true;
         Ok(())
     }
 
@@ -193,5 +193,45 @@ mod tests {
             VhostVsockDevice::new(2, mem),
             Err(VsockError::ReservedCid(2))
         ));
+    }
+}
+
+impl virtio::VirtioDevice for VhostVsockDevice {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn name(&self) -> &str {
+        "virtio-vsock"
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![VSOCK_QUEUE_SIZE; VSOCK_QUEUES]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn msi_chip(&self) -> Option<Arc<dyn interrupt::MsiChip>> {
+        let what = format!("guest cid {}", self.cid);
+        Some(Arc::new(backend::VhostChip::new("vhost-vsock", what)))
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        VhostVsockDevice::read_config(self, offset, data)
+    }
+
+    fn activate(&mut self, a: virtio::Activation) -> Result<(), virtio::ActivateError> {
+        let rings = backend::vrings(&a, 0..VSOCK_VHOST_QUEUES)?;
+        let setups: Vec<VringSetup<'_>> = rings.iter().map(|r| r.setup()).collect();
+        VhostVsockDevice::activate(self, a.features, &setups).map_err(|e| {
+            VhostVsockDevice::reset(self);
+            virtio::ActivateError::Host(e.to_string())
+        })
+    }
+
+    fn reset(&mut self) {
+        VhostVsockDevice::reset(self)
     }
 }
