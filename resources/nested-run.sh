@@ -144,6 +144,9 @@ for spec in "${FILES[@]+"${FILES[@]}"}"; do
     case "$lp" in /*) ;; *) die "--file '$spec': L1PATH must be absolute" ;; esac
     [ -e "$hp" ] || die "--file '$spec': '$hp' does not exist"
     mkdir -p "$ROOT$(dirname "$lp")"
+    # an L1PATH that is a busybox applet is a symlink to /bin/busybox: copying through it
+    # would overwrite the host's busybox, so the link is replaced
+    if [ -L "$ROOT$lp" ]; then rm -f "$ROOT$lp"; fi
     cp -rL "$hp" "$ROOT$lp"
     if [ -f "$hp" ] && [ -x "$hp" ] && ! head -c 2 "$hp" | grep -q '^#!'; then copy_libs "$hp"; fi
 done
