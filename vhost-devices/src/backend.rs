@@ -133,41 +133,6 @@ pub fn read_config(config: &[u8], offset: u64, data: &mut [u8]) {
     data[..n].copy_from_slice(&config[start..start + n]);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vm_memory::GuestAddress;
-
-    #[test]
-    fn config_reads_past_the_end_are_zero() {
-        let cfg = [1u8, 2, 3, 4];
-        let mut b = [0xffu8; 4];
-        read_config(&cfg, 2, &mut b);
-        assert_eq!(b, [3, 4, 0, 0]);
-        read_config(&cfg, 4, &mut b);
-        assert_eq!(b, [0; 4]);
-        read_config(&cfg, u64::MAX, &mut b);
-        assert_eq!(b, [0; 4]);
-        let mut one = [0u8; 1];
-        read_config(&cfg, 0, &mut one);
-        assert_eq!(one, [1]);
-    }
-
-    #[test]
-    fn memory_table_maps_each_ram_region() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[
-            (GuestAddress(0), 1 << 20),
-            (GuestAddress(1 << 32), 2 << 20),
-        ])
-        .unwrap();
-        let t = memory_table(&mem);
-        assert_eq!(t.len(), 2);
-        assert_eq!((t[1].guest_phys_addr, t[1].memory_size), (1 << 32, 2 << 20));
-        let host = mem.iter().nth(1).unwrap().as_ptr() as u64;
-        assert_eq!(t[1].userspace_addr, host);
-    }
-}
-
 /// A ring taken from the transport's activation, owning its eventfds.
 pub(crate) struct OwnedVring {
     index: usize,
@@ -271,7 +236,40 @@ pub fn activation_ioctls() -> Vec<u64> {
         b::VHOST_VSOCK_SET_RUNNING(),
         libc::TUNSETOFFLOAD,
     ]
-    .into_iter()
-    .map(|n| n as u64)
-    .collect()
+    .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn config_reads_past_the_end_are_zero() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut b = [0xffu8; 4];
+        read_config(&cfg, 2, &mut b);
+        assert_eq!(b, [3, 4, 0, 0]);
+        read_config(&cfg, 4, &mut b);
+        assert_eq!(b, [0; 4]);
+        read_config(&cfg, u64::MAX, &mut b);
+        assert_eq!(b, [0; 4]);
+        let mut one = [0u8; 1];
+        read_config(&cfg, 0, &mut one);
+        assert_eq!(one, [1]);
+    }
+
+    #[test]
+    fn memory_table_maps_each_ram_region() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(1 << 32), 2 << 20),
+        ])
+        .unwrap();
+        let t = memory_table(&mem);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[1].guest_phys_addr, t[1].memory_size), (1 << 32, 2 << 20));
+        let host = mem.iter().nth(1).unwrap().as_ptr() as u64;
+        assert_eq!(t[1].userspace_addr, host);
+    }
 }

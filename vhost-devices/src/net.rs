@@ -192,37 +192,6 @@ impl VhostNetDevice {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tap_offloads_follow_guest_receive_features() {
-        assert_eq!(tap_offloads(0), 0);
-        // segmentation offloads need the checksum offload
-        assert_eq!(tap_offloads(bit(VIRTIO_NET_F_GUEST_TSO4)), 0);
-        let all = bit(VIRTIO_NET_F_GUEST_CSUM)
-            | bit(VIRTIO_NET_F_GUEST_TSO4)
-            | bit(VIRTIO_NET_F_GUEST_TSO6)
-            | bit(VIRTIO_NET_F_GUEST_ECN);
-        assert_eq!(
-            tap_offloads(all),
-            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN
-        );
-        assert_eq!(
-            tap_offloads(bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_ECN)),
-            libc::TUN_F_CSUM
-        );
-    }
-
-    #[test]
-    fn config_space_has_mac_and_link_up() {
-        let m = "52:54:00:12:34:56".parse().unwrap();
-        assert_eq!(net_config(Some(m)), [0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0]);
-        assert_eq!(net_config(None), [0, 0, 0, 0, 0, 0, 1, 0]);
-    }
-}
-
 impl virtio::VirtioDevice for VhostNetDevice {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
@@ -265,5 +234,36 @@ impl virtio::VirtioDevice for VhostNetDevice {
 
     fn reset(&mut self) {
         VhostNetDevice::reset(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_offloads_follow_guest_receive_features() {
+        assert_eq!(tap_offloads(0), 0);
+        // segmentation offloads need the checksum offload
+        assert_eq!(tap_offloads(bit(VIRTIO_NET_F_GUEST_TSO4)), 0);
+        let all = bit(VIRTIO_NET_F_GUEST_CSUM)
+            | bit(VIRTIO_NET_F_GUEST_TSO4)
+            | bit(VIRTIO_NET_F_GUEST_TSO6)
+            | bit(VIRTIO_NET_F_GUEST_ECN);
+        assert_eq!(
+            tap_offloads(all),
+            libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN
+        );
+        assert_eq!(
+            tap_offloads(bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_ECN)),
+            libc::TUN_F_CSUM
+        );
+    }
+
+    #[test]
+    fn config_space_has_mac_and_link_up() {
+        let m = "52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(net_config(Some(m)), [0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0]);
+        assert_eq!(net_config(None), [0, 0, 0, 0, 0, 0, 1, 0]);
     }
 }

@@ -171,31 +171,6 @@ impl VhostVsockDevice {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reserved_cids_are_refused() {
-        for bad in [0, 1, 2, u32::MAX as u64, u32::MAX as u64 + 1, u64::MAX] {
-            assert!(matches!(check_cid(bad), Err(VsockError::ReservedCid(c)) if c == bad));
-        }
-        for ok in [3, 1000, u32::MAX as u64 - 1] {
-            assert_eq!(check_cid(ok).unwrap(), ok);
-        }
-    }
-
-    #[test]
-    fn reserved_cid_is_refused_before_opening_vhost() {
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
-        assert!(matches!(
-            VhostVsockDevice::new(2, mem),
-            Err(VsockError::ReservedCid(2))
-        ));
-    }
-}
-
 impl virtio::VirtioDevice for VhostVsockDevice {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
@@ -233,5 +208,30 @@ impl virtio::VirtioDevice for VhostVsockDevice {
 
     fn reset(&mut self) {
         VhostVsockDevice::reset(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_cids_are_refused() {
+        for bad in [0, 1, 2, u32::MAX as u64, u32::MAX as u64 + 1, u64::MAX] {
+            assert!(matches!(check_cid(bad), Err(VsockError::ReservedCid(c)) if c == bad));
+        }
+        for ok in [3, 1000, u32::MAX as u64 - 1] {
+            assert_eq!(check_cid(ok).unwrap(), ok);
+        }
+    }
+
+    #[test]
+    fn reserved_cid_is_refused_before_opening_vhost() {
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap();
+        assert!(matches!(
+            VhostVsockDevice::new(2, mem),
+            Err(VsockError::ReservedCid(2))
+        ));
     }
 }
