@@ -49,6 +49,88 @@ pub enum ConfigError {
     /// `--serial` could not be parsed.
     #[error("invalid --serial '{0}': expected tty, off or file=PATH")]
     Serial(String),
+    /// `--net` could not be parsed.
+    #[error("invalid --net '{spec}': {reason}")]
+    Net {
+        /// The value given.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `--vsock` could not be parsed or names a reserved CID.
+    #[error("invalid --vsock '{spec}': {reason}")]
+    Vsock {
+        /// The value given.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A network card added with `--net tap=NAME[,mac=MAC]` (virtio-net on vhost-net).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap interface (created if absent).
+    pub tap: String,
+    /// The card's MAC address; absent: the guest driver picks a random one.
+    pub mac: Option<vhost_devices::MacAddress>,
+}
+
+impl NetConfig {
+    /// Parses `tap=NAME[,mac=MAC]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: String| ConfigError::Net {
+            spec: spec.to_string(),
+            reason,
+        };
+        let (mut tap, mut mac) = (None, None);
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("tap", v)) if tap.is_none() => {
+                    if !vhost_devices::tap::valid_name(v) {
+                        return Err(bad(vhost_devices::TapError::Name(v.into()).to_string()));
+                    }
+                    tap = Some(v.to_string());
+                }
+                Some(("mac", v)) if mac.is_none() => {
+                    mac = Some(
+                        v.parse()
+                            .map_err(|e: vhost_devices::MacError| bad(e.to_string()))?,
+                    )
+                }
+                _ => return Err(bad("expected tap=NAME[,mac=MAC]".into())),
+            }
+        }
+        let tap = tap.ok_or_else(|| bad("expected tap=NAME[,mac=MAC]".into()))?;
+        Ok(NetConfig { tap, mac })
+    }
+}
+
+/// The socket device added with `--vsock cid=N` (virtio-vsock on vhost-vsock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3..=2^32-2).
+    pub cid: u64,
+}
+
+impl VsockConfig {
+    /// Parses `cid=N`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: String| ConfigError::Vsock {
+            spec: spec.to_string(),
+            reason,
+        };
+        let cid = single_key(spec, "cid")
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| bad("expected cid=N".into()))?;
+        vhost_devices::vsock::check_cid(cid).map_err(|_| {
+            bad(
+                "CIDs 0, 1, 2 and 4294967295 and above are reserved: a guest CID is 3..=4294967294"
+                    .into(),
+            )
+        })?;
+        Ok(VsockConfig { cid })
+    }
 }
 
 /// Where the guest's serial console goes.
@@ -238,6 +320,13 @@ pub struct Cli {
     /// Add a device: irqtest[,vectors=N,ims=N] or dsa[,wqs=N,engines=N,groups=N,ims=N] (repeatable).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
+    /// Add a network card on vhost-net: tap=NAME[,mac=MAC] (the tap is created if absent;
+    /// repeatable).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<String>,
+    /// Add a socket device on vhost-vsock: cid=N (the guest's context ID, 3..=4294967294).
+    #[arg(long, value_name = "cid=N")]
+    pub vsock: Option<String>,
     /// Add an IOMMU: intel (VT-d interrupt remapping, x2APIC mode).
     #[arg(long, value_name = "KIND")]
     pub iommu: Option<String>,
@@ -266,6 +355,10 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// Devices to add.
     pub devices: Vec<DeviceConfig>,
+    /// Network cards (`--net`).
+    pub nets: Vec<NetConfig>,
+    /// Socket device (`--vsock`).
+    pub vsock: Option<VsockConfig>,
     /// IOMMU, if any.
     pub iommu: Option<IommuKind>,
     /// Print the hierarchy at exit.
@@ -332,6 +425,12 @@ impl VmConfig {
             .iter()
             .map(|d| DeviceConfig::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
+        let nets = cli
+            .nets
+            .iter()
+            .map(|n| NetConfig::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vsock = cli.vsock.as_deref().map(VsockConfig::parse).transpose()?;
         let iommu = match cli.iommu.as_deref() {
             None => None,
             Some("intel") => Some(IommuKind::Intel),
@@ -352,6 +451,8 @@ impl VmConfig {
             seccomp,
             iommu,
             devices,
+            nets,
+            vsock,
             kernel: cli.kernel,
             initramfs: cli.initramfs,
             cmdline: cli.cmdline,
@@ -659,6 +760,61 @@ mod tests {
             cli(&["--seccomp", "kill"]),
             Err(ConfigError::Seccomp("kill".into()))
         );
+    }
+
+    #[test]
+    fn net_options() {
+        let c = cli(&["--net", "tap=tap0", "--net", "tap=t1,mac=52:54:00:12:34:56"]).unwrap();
+        assert_eq!(
+            c.nets[0],
+            NetConfig {
+                tap: "tap0".into(),
+                mac: None
+            }
+        );
+        assert_eq!(c.nets[1].mac.unwrap().to_string(), "52:54:00:12:34:56");
+        for (bad, why) in [
+            ("tap=t,mac=52:54:00:12:34", "invalid MAC address"),
+            ("tap=t,mac=01:00:5e:00:00:01", "multicast"),
+            ("tap=t,mac=00:00:00:00:00:00", "all-zero"),
+            ("tap=a/b", "invalid tap name"),
+            ("tap=0123456789abcdef", "invalid tap name"),
+            ("tap=", "invalid tap name"),
+            ("mac=52:54:00:12:34:56", "expected tap=NAME"),
+            ("tap=t,tap=u", "expected tap=NAME"),
+            ("tap=t,speed=10", "expected tap=NAME"),
+        ] {
+            let e = cli(&["--net", bad]).unwrap_err();
+            assert!(matches!(e, ConfigError::Net { .. }), "{bad}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn vsock_cid_range() {
+        assert_eq!(cli(&[]).unwrap().vsock, None);
+        assert_eq!(
+            cli(&["--vsock", "cid=3"]).unwrap().vsock,
+            Some(VsockConfig { cid: 3 })
+        );
+        assert_eq!(
+            cli(&["--vsock", "cid=4294967294"]).unwrap().vsock,
+            Some(VsockConfig { cid: 4294967294 })
+        );
+        for bad in [
+            "cid=0",
+            "cid=1",
+            "cid=2",
+            "cid=4294967295",
+            "cid=4294967296",
+        ] {
+            let e = cli(&["--vsock", bad]).unwrap_err();
+            assert!(e.to_string().contains("reserved"), "{bad}: {e}");
+        }
+        for bad in ["cid=", "cid=-3", "3", "port=3", "cid=3,cid=4"] {
+            let e = cli(&["--vsock", bad]).unwrap_err();
+            assert!(e.to_string().contains("expected cid=N"), "{bad}: {e}");
+        }
     }
 
     #[test]
