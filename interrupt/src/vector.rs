@@ -261,7 +261,7 @@ impl KvmVectorLayer {
     fn allocate_with(
         &self,
         fixed: Option<Gsi>,
-        irqfd: Arc<EventFd>,
+        irqfd: Option<Arc<EventFd>>,
         attach: bool,
     ) -> Result<Arc<Vector>> {
         let mut t = self.lock();
@@ -282,6 +282,20 @@ impl KvmVectorLayer {
                     None => return Err(Error::GsiExhausted(self.max_gsi)),
                 }
             }
+        };
+        // The eventfd is made only once a GSI is had: a domain past KVM's routes retries the
+        // allocation on every slow-path fire.
+        let irqfd = match irqfd {
+            Some(fd) => fd,
+            None => match EventFd::new(EFD_NONBLOCK) {
+                Ok(fd) => Arc::new(fd),
+                Err(e) => {
+                    if gsi >= self.reserved {
+                        t.free.push(gsi);
+                    }
+                    return Err(Error::EventFd(e));
+                }
+            },
         };
         if attach {
             if let Err(e) = self.backend.register_irqfd(&irqfd, gsi) {
@@ -337,16 +351,15 @@ fn msi_route(gsi: Gsi, msg: MsiMessage) -> kvm_irq_routing_entry {
 
 impl VectorLayer for KvmVectorLayer {
     fn allocate(&self, fixed: Option<Gsi>) -> Result<Arc<Vector>> {
-        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-        self.allocate_with(fixed, Arc::new(irqfd), true)
+        self.allocate_with(fixed, None, true)
     }
 
     fn allocate_external(&self, fixed: Option<Gsi>, trigger: Arc<EventFd>) -> Result<Arc<Vector>> {
-        self.allocate_with(fixed, trigger, false)
+        self.allocate_with(fixed, Some(trigger), false)
     }
 
     fn allocate_with_irqfd(&self, fixed: Option<Gsi>, irqfd: Arc<EventFd>) -> Result<Arc<Vector>> {
-        self.allocate_with(fixed, irqfd, true)
+        self.allocate_with(fixed, Some(irqfd), true)
     }
 
     fn set_attached(&self, vector: &Vector, attached: bool) -> Result<()> {
