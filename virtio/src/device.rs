@@ -66,6 +66,12 @@ pub trait VirtioDevice: Send {
     fn pci_class(&self) -> (u8, u8) {
         (0xff, 0)
     }
+    /// The chip of the device's MSI-X domain, for a device whose queue interrupts are
+    /// signalled from outside the VMM (a vhost worker writing each vector's trigger eventfd,
+    /// see [`VirtioInterrupt::eventfd`]); `None` (the default): the device fires its vectors.
+    fn msi_chip(&self) -> Option<Arc<dyn interrupt::MsiChip>> {
+        None
+    }
     /// Reads the device configuration space at `offset`; bytes beyond it read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// A driver write to the device configuration space (ignored by default).

@@ -18,6 +18,8 @@ pub struct VirtioInterrupt {
     vector: Option<u16>,
     isr: Arc<AtomicU8>,
     isr_bit: u8,
+    /// The vector's trigger on a host-signalled domain (stable for the domain's life).
+    trigger: Option<Arc<EventFd>>,
 }
 
 impl VirtioInterrupt {
@@ -28,18 +30,26 @@ impl VirtioInterrupt {
         isr: Arc<AtomicU8>,
         isr_bit: u8,
     ) -> Self {
+        let trigger = vector
+            .filter(|_| domain.is_host_signalled())
+            .and_then(|v| domain.trigger(usize::from(v)).ok());
         Self {
             domain,
             vector,
             isr,
             isr_bit,
+            trigger,
         }
     }
 
-    /// Signals the driver.
+    /// Signals the driver: on a host-signalled domain one write of the vector's trigger
+    /// eventfd (KVM injects from it while the vector is unmasked; the domain's relay keeps
+    /// it pending while masked), else a fire through the domain.
     pub fn trigger(&self) {
         self.isr.fetch_or(self.isr_bit, Ordering::AcqRel);
-        if let Some(v) = self.vector {
+        if let Some(fd) = &self.trigger {
+            let _ = fd.write(1);
+        } else if let Some(v) = self.vector {
             signal_vector(&self.domain, usize::from(v));
         }
     }
@@ -58,7 +68,7 @@ impl VirtioInterrupt {
     /// the vector's stable trigger of a host-signalled domain. `None` without a vector or
     /// while the domain has no host-signalled triggers.
     pub fn eventfd(&self) -> Option<Arc<EventFd>> {
-        None
+        self.trigger.clone()
     }
 }
 

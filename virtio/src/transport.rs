@@ -200,7 +200,17 @@ impl VirtioPciDevice {
             )
             .map_err(pci_err)?;
         let vectors = sizes.len() + 1;
-        let domain = hierarchy.create_domain(&name, DomainKind::MsiX, requester, vectors, None);
+        let domain = match device.msi_chip() {
+            Some(chip) => hierarchy.create_domain_with_chip(
+                &name,
+                DomainKind::MsiX,
+                requester,
+                vectors,
+                None,
+                chip,
+            ),
+            None => hierarchy.create_domain(&name, DomainKind::MsiX, requester, vectors, None),
+        };
         let msix = MsixCapability::new(
             &mut config,
             vectors,
