@@ -277,6 +277,37 @@ fn read_only_image_asked_read_write_is_refused() {
     );
 }
 
+/// An image another process has locked (as a running vmm does) is refused: read-write use
+/// needs it unlocked, read-only use needs it not locked for writing.
+#[test]
+fn disk_image_in_use_is_refused() {
+    use std::os::fd::AsRawFd;
+    let s = Scratch::new("disk-locked");
+    let img = s.path("busy.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let holder = std::fs::File::open(&img).unwrap();
+    for (lock, readonly, refused) in [
+        (libc::LOCK_SH, false, true),
+        (libc::LOCK_SH, true, false),
+        (libc::LOCK_EX, true, true),
+    ] {
+        // SAFETY: flock on a descriptor this test owns.
+        assert_eq!(unsafe { libc::flock(holder.as_raw_fd(), lock) }, 0);
+        let disk = format!("path={img}{}", if readonly { ",readonly=on" } else { "" });
+        let (code, line) = run(&["--kernel", &s.path("kernel"), "--disk", &disk]);
+        if refused {
+            assert_eq!(code, VMM_ERROR, "{disk}: {line}");
+            assert!(
+                line.contains("is in use by another process"),
+                "{disk}: {line}"
+            );
+        } else {
+            // Past the disk: the (empty) kernel is what fails.
+            assert!(!line.contains("in use"), "{disk}: {line}");
+        }
+    }
+}
+
 #[test]
 fn unreadable_disk_image_is_a_vmm_error() {
     // Root reads anything: an empty image (no whole sector) stands in for an unusable one.

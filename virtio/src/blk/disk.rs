@@ -27,6 +27,9 @@ pub enum DiskError {
     /// Read-write access asked for an image nobody may write.
     #[error("disk image {0} is read-only (no write permission): add readonly=on")]
     ReadOnly(PathBuf),
+    /// Another process holds a conflicting lock on the image (another VMM using it).
+    #[error("disk image {0} is in use by another process (locked{1})")]
+    Locked(PathBuf, &'static str),
     /// The image is smaller than one sector.
     #[error("disk image {0} is smaller than one 512-byte sector")]
     TooSmall(PathBuf),
@@ -62,7 +65,33 @@ impl DiskImage {
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(open_err)?;
+        Self::lock(&file, path, readonly)?;
         Self::from_file(file, path, readonly)
+    }
+
+    /// Locks the image for as long as it is open: exclusively for read-write use, shared for
+    /// read-only use, so two VMMs never write one image and nobody writes an image another
+    /// reads (flock(2), released when the descriptor closes).
+    fn lock(file: &File, path: &Path, readonly: bool) -> Result<(), DiskError> {
+        let (op, what) = if readonly {
+            (libc::LOCK_SH, "")
+        } else {
+            (libc::LOCK_EX, " against writers")
+        };
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let what = if readonly { " for writing" } else { what };
+            Err(DiskError::Locked(path.to_path_buf(), what))
+        } else {
+            Err(DiskError::Open {
+                path: path.to_path_buf(),
+                source: e,
+            })
+        }
     }
 
     /// Wraps an open file (e.g. a memfd in tests).
