@@ -140,6 +140,8 @@ for spec in "${FILES[@]+"${FILES[@]}"}"; do
     case "$lp" in /*) ;; *) die "--file '$spec': L1PATH must be absolute" ;; esac
     [ -e "$hp" ] || die "--file '$spec': '$hp' does not exist"
     mkdir -p "$ROOT$(dirname "$lp")"
+    # a busybox applet link there points at the HOST's /bin/busybox: cp would write through it
+    if [ -L "$ROOT$lp" ]; then rm -f "$ROOT$lp"; fi
     cp -rL "$hp" "$ROOT$lp"
     if [ -f "$hp" ] && [ -x "$hp" ] && ! head -c 2 "$hp" | grep -q '^#!'; then copy_libs "$hp"; fi
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare everything the boot tests and the demo need, cached and idempotent:
-#   - apt: bookworm-backports, busybox-static cpio zstd xz-utils kmod
+#   - apt: bookworm-backports, busybox-static cpio zstd xz-utils kmod time
 #          (+ qemu-system-x86 from backports when the nested harness is needed)
 #   - the current Debian 6.12 kernel (bookworm-backports), extracted, never installed,
 #     and the ELF vmlinux taken out of its bzImage (PVH boot)
@@ -77,7 +77,7 @@ pkg_installed() {
 }
 
 missing=()
-for p in busybox-static cpio zstd xz-utils kmod; do
+for p in busybox-static cpio zstd xz-utils kmod time; do
     pkg_installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
