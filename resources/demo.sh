@@ -21,7 +21,9 @@ log "cargo build --release -p vmm"
 VMM="${CARGO_TARGET_DIR:-$ROOT/target}/release/vmm"
 [ -x "$VMM" ] || die "no vmm binary at $VMM"
 
-KERNEL="$GUEST_DIR/vmlinuz"
+# The vmlinux (PVH entry, no decompressor) boots faster than the bzImage (resources/compare.sh).
+KERNEL="$GUEST_DIR/vmlinux"
+[ -f "$KERNEL" ] || KERNEL="$GUEST_DIR/vmlinuz"
 INITRD="$GUEST_DIR/demo-initramfs.cpio.gz"
 ARGS=(--cmdline "console=ttyS0 quiet" --cpus boot=2 --memory size=512M "$@")
 MODE="$(vmm_probe_mode)"

@@ -356,8 +356,18 @@ fn load_elf(
             )));
         }
     }
-    let loaded = Elf::load(mem, None, kfile, Some(GuestAddress(KERNEL_LOAD_ADDR)))
-        .map_err(|e| not_elf(e.to_string()))?;
+    let loaded = match FileMap::new(kfile) {
+        // Copied out of a prefaulted mapping of the file: no read(2) copy through the
+        // kernel, which costs more than this on an emulated CPU (nested harness).
+        Ok(map) => Elf::load(
+            mem,
+            None,
+            &mut std::io::Cursor::new(map.bytes()),
+            Some(GuestAddress(KERNEL_LOAD_ADDR)),
+        ),
+        Err(_) => Elf::load(mem, None, kfile, Some(GuestAddress(KERNEL_LOAD_ADDR))),
+    }
+    .map_err(|e| not_elf(e.to_string()))?;
     let entry = match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(a) => a.raw_value(),
         _ => {
@@ -378,6 +388,52 @@ fn load_elf(
         initrd_limit: u64::MAX,
         zero_page: None,
     })
+}
+
+/// A read-only, prefaulted private mapping of a whole file.
+struct FileMap {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl FileMap {
+    fn new(file: &File) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        if len == 0 {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        }
+        // SAFETY: a new read-only private mapping of `len` bytes of an open file; nothing
+        // else refers to that address range.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(FileMap { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives. The file
+        // shrinking under the mapping would raise SIGBUS: --kernel is the user's own file.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }
 
 /// `(p_paddr, p_memsz)` of the PT_LOAD segments of a 64-bit little-endian ELF file.
