@@ -19,7 +19,11 @@ use linux_loader::loader::elf::{
 };
 use linux_loader::loader::{load_cmdline, Cmdline, KernelLoader};
 use thiserror::Error;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile,
+    VolatileMemoryError, VolatileSlice,
+};
 
 use crate::layout::*;
 
@@ -356,17 +360,15 @@ fn load_elf(
             )));
         }
     }
-    let loaded = match FileMap::new(kfile) {
-        // Copied out of a prefaulted mapping of the file: no read(2) copy through the
-        // kernel, which costs more than this on an emulated CPU (nested harness).
-        Ok(map) => Elf::load(
-            mem,
-            None,
-            &mut std::io::Cursor::new(map.bytes()),
-            Some(GuestAddress(KERNEL_LOAD_ADDR)),
-        ),
-        Err(_) => Elf::load(mem, None, kfile, Some(GuestAddress(KERNEL_LOAD_ADDR))),
-    }
+    // Segments are copied out of prefaulted windows of a file mapping rather than with
+    // read(2), which costs more on an emulated CPU (nested harness); one window at a time,
+    // so the file's pages never add up in the VMM's resident set beside the guest's copy.
+    let loaded = Elf::load(
+        mem,
+        None,
+        &mut MappedFile::new(kfile).map_err(|e| not_elf(e.to_string()))?,
+        Some(GuestAddress(KERNEL_LOAD_ADDR)),
+    )
     .map_err(|e| not_elf(e.to_string()))?;
     let entry = match loaded.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(a) => a.raw_value(),
@@ -390,49 +392,100 @@ fn load_elf(
     })
 }
 
-/// A read-only, prefaulted private mapping of a whole file.
-struct FileMap {
-    ptr: *mut libc::c_void,
-    len: usize,
+/// A file read through short-lived, prefaulted mappings of at most [`MappedFile::WINDOW`]
+/// bytes (into guest memory) or pread(2) (small reads of headers and notes).
+struct MappedFile<'a> {
+    file: &'a File,
+    len: u64,
+    pos: u64,
 }
 
-impl FileMap {
-    fn new(file: &File) -> std::io::Result<Self> {
+impl<'a> MappedFile<'a> {
+    /// Largest mapping held at once.
+    const WINDOW: u64 = 2 << 20;
+
+    fn new(file: &'a File) -> std::io::Result<Self> {
+        Ok(MappedFile {
+            file,
+            len: file.metadata()?.len(),
+            pos: 0,
+        })
+    }
+}
+
+impl Read for MappedFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for MappedFile<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let pos = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = pos.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
+    }
+}
+
+impl MappedFile<'_> {
+    /// Copies from the window at the current position into `buf`; returns the bytes copied.
+    fn copy_window<B: BitmapSlice>(
+        &mut self,
+        buf: &VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
         use std::os::fd::AsRawFd;
-        let len = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        if len == 0 {
-            return Err(std::io::ErrorKind::InvalidInput.into());
-        }
-        // SAFETY: a new read-only private mapping of `len` bytes of an open file; nothing
-        // else refers to that address range.
+        let page = 4096u64;
+        let start = self.pos & !(page - 1);
+        let skip = (self.pos - start) as usize;
+        let map_len = (self.len - start).min(Self::WINDOW) as usize;
+        let n = (map_len - skip).min(buf.len());
+        // SAFETY: a new read-only private mapping of `map_len` bytes of the file at a
+        // page-aligned offset below its end; nothing else refers to that address range.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                map_len,
                 libc::PROT_READ,
                 libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                file.as_raw_fd(),
-                0,
+                self.file.as_raw_fd(),
+                start as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
+            return Err(VolatileMemoryError::IOError(std::io::Error::last_os_error()));
         }
-        Ok(FileMap { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives. The file
-        // shrinking under the mapping would raise SIGBUS: --kernel is the user's own file.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+        // SAFETY: `ptr` maps `map_len` readable bytes until the munmap below; `skip + n`
+        // is within them. (The file shrinking meanwhile would raise SIGBUS: --kernel is the
+        // user's own file.)
+        let src = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>().add(skip), n) };
+        buf.copy_from(src);
+        // SAFETY: unmaps exactly the mapping created above; `src` is not used any more.
+        unsafe { libc::munmap(ptr, map_len) };
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
-impl Drop for FileMap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`.
-        unsafe { libc::munmap(self.ptr, self.len) };
+impl ReadVolatile for MappedFile<'_> {
+    fn read_volatile<B: BitmapSlice>(
+        &mut self,
+        buf: &mut VolatileSlice<B>,
+    ) -> Result<usize, VolatileMemoryError> {
+        // Fills as much of `buf` as the file holds, window by window: the callers (linux-loader
+        // through vm-memory) take a short read for an error.
+        let mut done = 0;
+        while done < buf.len() && self.pos < self.len {
+            let n = self.copy_window(&buf.offset(done)?)?;
+            done += n;
+        }
+        Ok(done)
     }
 }
 
@@ -667,6 +720,41 @@ mod tests {
         assert_eq!(gdt_entry(0xc09b, 0, 0xfffff), PVH_GDT[1]);
         assert_eq!(gdt_entry(0xc093, 0, 0xfffff), PVH_GDT[2]);
         assert_eq!(gdt_entry(0x008b, 0, 0x67), PVH_GDT[3]);
+    }
+
+    #[test]
+    fn mapped_file_reads_across_windows() {
+        let data: Vec<u8> = (0..(5u32 << 20) + 123)
+            .map(|i| (i * 7 + i / 4099) as u8)
+            .collect();
+        let p = temp_file("mapped", &data);
+        let file = File::open(&p).unwrap();
+        let mut f = MappedFile::new(&file).unwrap();
+        // Unaligned start, a span crossing two window boundaries, then the short tail.
+        f.seek(SeekFrom::Start(4097)).unwrap();
+        let mut out = vec![0u8; (4 << 20) + 5];
+        let n = f
+            .read_volatile(&mut VolatileSlice::from(&mut out[..]))
+            .unwrap();
+        assert_eq!(n, out.len());
+        assert!(out[..] == data[4097..4097 + out.len()]);
+        let mut head = [0u8; 16];
+        f.seek(SeekFrom::Start(3)).unwrap();
+        f.read_exact(&mut head).unwrap();
+        assert_eq!(head[..], data[3..19]);
+        f.seek(SeekFrom::End(-100)).unwrap();
+        let mut tail = vec![0u8; 4096];
+        let n = f
+            .read_volatile(&mut VolatileSlice::from(&mut tail[..]))
+            .unwrap();
+        assert_eq!(n, 100);
+        assert_eq!(tail[..100], data[data.len() - 100..]);
+        assert_eq!(
+            f.read_volatile(&mut VolatileSlice::from(&mut tail[..]))
+                .unwrap(),
+            0
+        );
+        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]
