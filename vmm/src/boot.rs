@@ -352,7 +352,7 @@ fn load_elf(
     // (linux-loader would fail half-way, or write over the boot structures below 1 MiB).
     let segments = elf_load_segments(kfile).map_err(&not_elf)?;
     for &(paddr, memsz) in &segments {
-        let end = paddr.checked_add(memsz).unwrap_or(u64::MAX);
+        let end = paddr.saturating_add(memsz);
         if paddr < KERNEL_LOAD_ADDR || end > low_end {
             return Err(not_elf(format!(
                 "a segment at {paddr:#x}..{end:#x} lies outside guest RAM {KERNEL_LOAD_ADDR:#x}..{low_end:#x}{}",
