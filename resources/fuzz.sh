@@ -5,8 +5,10 @@
 #
 # Targets (fuzz/fuzz_targets/, shared code in fuzz/src/): pci_msix, ioapic, vtd, dsa (device
 # models); dsa_pci (the DSA behind the PCI root: CF8/CFC, ECAM, BAR relocation, the MMIO
-# window); vtd_ioapic_dsa (VT-d remapping the IOAPIC and the DSA with IMS); vmm_config (the
-# command line), bzimage (the Linux loader), movdir64b (the decoder, against iced-x86).
+# window); vtd_ioapic_dsa (VT-d remapping the IOAPIC and the DSA with IMS); irqtest_ims (the
+# irqtest device's IMS table and registers); vmm_config (the command line), bzimage (the
+# Linux loader), movdir64b (the decoder, against iced-x86),
+# vhost_config (virtio-net and virtio-vsock configuration spaces, MAC and CID parsing).
 #
 # Installs cargo-fuzz with `cargo install` when it is missing (it stays in ~/.cargo/bin for
 # later runs). The machine has only a stable toolchain; cargo fuzz needs nightly flags

@@ -6,7 +6,7 @@
 #   nested-run.sh --vmm PATH --kernel L2_BZIMAGE --initramfs L2_INITRAMFS
 #                 [--l1-mem MiB (default 3072)] [--l1-smp N (default 2)]
 #                 [--file HOSTPATH:L1PATH]... [--env NAME=VALUE]... [--control SOCKET]
-#                 [--keep] -- <remaining vmm args>
+#                 [--vhost] [--keep] -- <remaining vmm args>
 #
 # Inside L1 this runs
 #   /vmm --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio.gz <remaining vmm args>
@@ -15,7 +15,10 @@
 # "@@NESTED tty restored" (or "tty changed") comparing ttyS0's settings before and after.
 # --env sets a variable for the vmm. --control: QEMU listens on the unix socket SOCKET,
 # wired to L1's ttyS1; L1 reads lines from it: "signal NAME" sends SIGNAME to the vmm,
-# "follow L1PATH" copies the lines of that file to the console as "@@FILE <line>".
+# "follow L1PATH" copies the lines of that file to the console as "@@FILE <line>",
+# "run COMMAND" runs the shell command in the background in L1 (stdin /dev/null, output on
+# the console). --vhost also loads tun, tap, vhost, vhost_net, vsock and vhost_vsock in L1
+# (/dev/net/tun, /dev/vhost-net, /dev/vhost-vsock for --net and --vsock).
 #
 # Exit status: the vmm's exit status; 120 if L1 never started the vmm (boot failure, no
 # /dev/kvm, ...); 121 if the vmm started but L1 died before reporting its exit status;
@@ -29,10 +32,10 @@ LOG_TAG=nested-run
 # shellcheck source=lib/common.sh
 . "$HERE/lib/common.sh"
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 bad() { printf '[nested-run] error: %s\n' "$*" >&2; exit 2; }
 
-VMM=""; L2_KERNEL=""; L2_INITRD=""; L1_MEM=3072; L1_SMP=2; KEEP=0; CONTROL=""
+VMM=""; L2_KERNEL=""; L2_INITRD=""; L1_MEM=3072; L1_SMP=2; KEEP=0; CONTROL=""; VHOST=0
 FILES=(); ENVS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -45,6 +48,7 @@ while [ $# -gt 0 ]; do
         --env) [ $# -ge 2 ] || bad "--env needs a value"; ENVS+=("$2"); shift 2 ;;
         --control) [ $# -ge 2 ] || bad "--control needs a value"; CONTROL="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --vhost) VHOST=1; shift ;;
         --) shift; break ;;
         -h|--help) usage ;;
         *) bad "unknown argument '$1' (vmm arguments go after --)" ;;
@@ -109,7 +113,7 @@ while read -r m; do
     xz -dc "$src" > "$ROOT/modules/$name"
     echo "$name" >> "$ROOT/modules/order"
     i=$((i + 1))
-done < <(kvm_module_paths "$KVER")
+done < <(kvm_module_paths "$KVER"; [ "$VHOST" -eq 0 ] || vhost_module_paths "$KVER")
 
 # ---- vmm + its shared libraries (incl. the dynamic loader)
 cp "$VMM" "$ROOT/vmm"
@@ -140,7 +144,8 @@ for spec in "${FILES[@]+"${FILES[@]}"}"; do
     case "$lp" in /*) ;; *) die "--file '$spec': L1PATH must be absolute" ;; esac
     [ -e "$hp" ] || die "--file '$spec': '$hp' does not exist"
     mkdir -p "$ROOT$(dirname "$lp")"
-    # a busybox applet link there points at the HOST's /bin/busybox: cp would write through it
+    # an L1PATH that is a busybox applet is a symlink to /bin/busybox: copying through it
+    # would overwrite the host's busybox, so the link is replaced
     if [ -L "$ROOT$lp" ]; then rm -f "$ROOT$lp"; fi
     cp -rL "$hp" "$ROOT$lp"
     if [ -f "$hp" ] && [ -x "$hp" ] && ! head -c 2 "$hp" | grep -q '^#!'; then copy_libs "$hp"; fi
@@ -191,6 +196,7 @@ if [ -f /control ] && [ -c /dev/ttyS1 ]; then
                 signal) [ -s /tmp/vmm.pid ] && kill -s "$arg" "$(cat /tmp/vmm.pid)" ;;
                 follow) (tail -n +1 -F "$arg" 2>/dev/null | while IFS= read -r l; do
                             echo "@@FILE $l"; done >/dev/ttyS0) & ;;
+                run) (sh -c "$arg" </dev/null >/dev/ttyS0 2>&1 &) ;;
             esac
         done <&3
     ) &

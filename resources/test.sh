@@ -3,8 +3,9 @@
 #   formatting and lints, unit tests (no KVM), KVM integration tests on /dev/kvm with tiny
 #   project-written guests, and Linux boot tests (directly on KVM with VMX/SVM, otherwise in
 #   the nested QEMU TCG harness), the guest kernel module tests, a quick run of the interrupt
-#   benchmark (prints figures), a short fuzzing pass over every fuzz target and one round of
-#   the boot comparison against QEMU (resources/compare.sh, prints its table).
+#   benchmark and one round of the in-guest latency comparison with QEMU (print figures), a
+#   short fuzzing pass over every fuzz target and one round of the boot comparison against
+#   QEMU (resources/compare.sh, prints its table).
 # Usage: resources/test.sh [extra cargo test args, e.g. a test name filter]
 # Env: FUZZ_SECONDS (per target, default 20; 0 skips fuzzing), SKIP_BENCH=1,
 #      VMM_SKIP_KVM_TESTS=1 (KVM tier reported as ignored).
@@ -47,6 +48,8 @@ fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
     step "interrupt benchmark (quick)"
     cargo bench -p tests --bench interrupts -- --quick 2>&1 | tee "$BENCH_LOG"
+    step "in-guest interrupt latency against QEMU (one round)"
+    cargo bench -p tests --bench irq_latency 2>&1 | tee -a "$BENCH_LOG"
 fi
 
 if [ "${FUZZ_SECONDS:-20}" -gt 0 ]; then

@@ -19,12 +19,27 @@
 //! | 0x20 | PENDING      | RO | 1 if the selected vector is pending |
 //! | 0x24 | DROPPED      | RO | fires that could not be delivered (bad message) |
 //! | 0x28 | REJECTED     | RO | FIRE writes refused (no mode, vector out of range) |
+//! | 0x2c | IMS_ENTRIES  | RO | IMS table size (0: no IMS) |
+//! | 0x30 | IMS_FIRE     | WO | bits 15:0 IMS entry, 31:16 count (0 means 1); IMS fires need no MSI/MSI-X mode |
+//!
+//! SELECT with bit 31 set ([`SELECT_IMS`]) selects IMS entry `SELECT & 0xffff` for the
+//! counters instead of an MSI/MSI-X vector.
 //!
 //! BAR2 (64 KiB, 64-bit): MSI-X table at 0, PBA at 0x8000.
+//!
+//! BAR4 (64-bit, only with `ims > 0`): the Interrupt Message Store, `ims` entries of 16 bytes
+//! (see [`ims`]): address low, address high, data, control (bit 0 mask, read-write, set at
+//! reset; bit 1 pending, read-only). Every entry is a vector of the device's own IMS domain,
+//! independent of MSI and MSI-X (Linux's IMS: device-specific storage, not limited to
+//! MSI-X's 2048 entries). Accesses are 4 or 8 bytes, naturally aligned; anything else reads
+//! zero and is ignored on write.
 
 use std::sync::Arc;
 
-use interrupt::{DeviceDomain, DomainKind, InterruptHierarchy, RequesterId};
+use interrupt::{
+    warn_ratelimited, DeviceDomain, DomainKind, InterruptHierarchy, MsiMessage, RateLimiter,
+    RequesterId,
+};
 use pci::msix::MSIX_MAX_VECTORS;
 use pci::{Bar, BarKind, ConfigSpace, MsiCapability, MsixCapability, PciDevice};
 
@@ -63,6 +78,160 @@ pub mod regs {
     pub const DROPPED: u64 = 0x24;
     /// Rejected fire commands.
     pub const REJECTED: u64 = 0x28;
+    /// IMS table size.
+    pub const IMS_ENTRIES: u64 = 0x2c;
+    /// IMS fire command.
+    pub const IMS_FIRE: u64 = 0x30;
+}
+
+/// SELECT bit choosing an IMS entry for the counters.
+pub const SELECT_IMS: u32 = 1 << 31;
+/// Largest IMS table (`ims=N`).
+pub const IRQTEST_MAX_IMS: usize = 65536;
+/// BAR holding the IMS table.
+pub const IRQTEST_IMS_BAR: usize = 4;
+
+/// Layout of one IMS entry in BAR4.
+pub mod ims {
+    /// Bytes per entry.
+    pub const ENTRY_SIZE: u64 = 16;
+    /// Offset of the control dword in an entry.
+    pub const CTRL: u64 = 12;
+    /// Control: entry masked (read-write, set at reset).
+    pub const CTRL_MASK: u32 = 1 << 0;
+    /// Control: interrupt pending (read-only).
+    pub const CTRL_PENDING: u32 = 1 << 1;
+}
+
+/// One IMS entry as the guest programmed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ImsEntry {
+    addr_lo: u32,
+    addr_hi: u32,
+    data: u32,
+    masked: bool,
+}
+
+impl Default for ImsEntry {
+    fn default() -> Self {
+        Self {
+            addr_lo: 0,
+            addr_hi: 0,
+            data: 0,
+            masked: true,
+        }
+    }
+}
+
+/// The IMS table: guest-facing storage of `domain.size()` entries backing an IMS domain.
+pub struct ImsTable {
+    entries: Vec<ImsEntry>,
+    domain: Arc<DeviceDomain>,
+    /// Domain errors follow guest programming: their warnings are rate-limited.
+    log_limit: RateLimiter,
+}
+
+impl ImsTable {
+    /// A table with one entry per vector of `domain`, every entry masked.
+    pub fn new(domain: Arc<DeviceDomain>) -> Self {
+        Self {
+            entries: vec![ImsEntry::default(); domain.size()],
+            domain,
+            log_limit: RateLimiter::new(10, std::time::Duration::from_secs(1)),
+        }
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The IMS domain.
+    pub fn domain(&self) -> &Arc<DeviceDomain> {
+        &self.domain
+    }
+
+    /// Size of the BAR holding `entries` entries (a power of two, at least 4 KiB).
+    pub fn bar_size(entries: usize) -> u64 {
+        (entries as u64 * ims::ENTRY_SIZE)
+            .next_power_of_two()
+            .max(0x1000)
+    }
+
+    fn access(&self, offset: u64, len: usize) -> Option<(usize, usize)> {
+        if !matches!(len, 4 | 8) || !offset.is_multiple_of(len as u64) {
+            return None;
+        }
+        let i = usize::try_from(offset / ims::ENTRY_SIZE).ok()?;
+        (i < self.entries.len()).then_some((i, ((offset % ims::ENTRY_SIZE) / 4) as usize))
+    }
+
+    /// Reads `data` (4 or 8 bytes, naturally aligned) at `offset`; other accesses and
+    /// offsets past the table read zero.
+    pub fn read(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Some((i, w)) = self.access(offset, data.len()) else {
+            return;
+        };
+        let e = &self.entries[i];
+        let mut ctrl = if e.masked { ims::CTRL_MASK } else { 0 };
+        if self.domain.is_pending(i) {
+            ctrl |= ims::CTRL_PENDING;
+        }
+        let words = [e.addr_lo, e.addr_hi, e.data, ctrl];
+        for (k, chunk) in data.chunks_exact_mut(4).enumerate() {
+            chunk.copy_from_slice(&words[w + k].to_le_bytes());
+        }
+    }
+
+    /// A guest write of `data` (4 or 8 bytes, naturally aligned) at `offset`; malformed
+    /// accesses and offsets past the table are ignored. The entry's message and mask go to
+    /// the domain (a vector is routed when first unmasked with a message; a pending
+    /// interrupt is delivered once on unmask).
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        let Some((i, first)) = self.access(offset, data.len()) else {
+            return;
+        };
+        let e = &mut self.entries[i];
+        for (w, chunk) in (first..).zip(data.chunks_exact(4)) {
+            let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            match w {
+                0 => e.addr_lo = v & !0x3,
+                1 => e.addr_hi = v,
+                2 => e.data = v,
+                _ => e.masked = v & ims::CTRL_MASK != 0,
+            }
+        }
+        let e = *e;
+        let d = &self.domain;
+        // The domain ignores a write that changes nothing.
+        let last = first + data.len() / 4 - 1;
+        let r = (if first < 3 {
+            d.set_message(i, Some(MsiMessage::new(e.addr_lo, e.addr_hi, e.data)))
+        } else {
+            Ok(())
+        })
+        .and_then(|_| {
+            if last == 3 {
+                d.set_masked(i, e.masked)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(err) = r {
+            warn_ratelimited!(self.log_limit, "irqtest IMS entry {i}: {err}");
+        }
+    }
+
+    /// Fires entry `index` (delivered, or pending while masked); false if out of range.
+    pub fn fire(&self, index: usize) -> bool {
+        index < self.entries.len() && self.domain.fire(index).is_ok()
+    }
 }
 
 /// Errors creating the device.
@@ -71,6 +240,9 @@ pub enum IrqTestError {
     /// Vector count outside 1..=2048.
     #[error("irqtest vectors must be 1..=2048, got {0}")]
     Vectors(usize),
+    /// IMS entry count above 65536.
+    #[error("irqtest ims must be 0..=65536, got {0}")]
+    Ims(usize),
     /// PCI setup failed.
     #[error("irqtest: {0}")]
     Pci(#[from] pci::Error),
@@ -84,6 +256,7 @@ pub struct IrqTest {
     msix: MsixCapability,
     msi_domain: Arc<DeviceDomain>,
     msix_domain: Arc<DeviceDomain>,
+    ims: Option<ImsTable>,
     select: u32,
     rejected: u32,
 }
@@ -107,8 +280,22 @@ impl IrqTest {
         requester: RequesterId,
         vectors: usize,
     ) -> Result<Self, IrqTestError> {
+        Self::with_ims(hierarchy, requester, vectors, 0)
+    }
+
+    /// Like [`new`](Self::new), plus an IMS table of `ims` entries (0..=65536; 0: none) in
+    /// BAR4 backing its own IMS domain.
+    pub fn with_ims(
+        hierarchy: &Arc<InterruptHierarchy>,
+        requester: RequesterId,
+        vectors: usize,
+        ims: usize,
+    ) -> Result<Self, IrqTestError> {
         if vectors == 0 || vectors > MSIX_MAX_VECTORS {
             return Err(IrqTestError::Vectors(vectors));
+        }
+        if ims > IRQTEST_MAX_IMS {
+            return Err(IrqTestError::Ims(ims));
         }
         let name = format!("irqtest {requester}");
         let mut config = ConfigSpace::new(IRQTEST_VENDOR, IRQTEST_DEVICE, 0xff, 0x00, 0, 1);
@@ -128,6 +315,19 @@ impl IrqTest {
                 prefetchable: false,
             },
         )?;
+        if ims > 0 {
+            config.set_bar(
+                IRQTEST_IMS_BAR,
+                Bar {
+                    kind: BarKind::Memory64,
+                    size: ImsTable::bar_size(ims),
+                    prefetchable: false,
+                },
+            )?;
+        }
+        let ims = (ims > 0).then(|| {
+            ImsTable::new(hierarchy.create_domain(&name, DomainKind::Ims, requester, ims, None))
+        });
         let msi_domain =
             hierarchy.create_domain(&name, DomainKind::Msi, requester, IRQTEST_MSI_VECTORS, None);
         let msix_domain =
@@ -155,6 +355,7 @@ impl IrqTest {
             msix,
             msi_domain,
             msix_domain,
+            ims,
             select: 0,
             rejected: 0,
         })
@@ -188,7 +389,29 @@ impl IrqTest {
         ok
     }
 
+    /// The IMS table, if the device has one.
+    pub fn ims(&self) -> Option<&ImsTable> {
+        self.ims.as_ref()
+    }
+
+    /// Fires IMS entry `index` `count` times; false (and counted as rejected) if the device
+    /// has no such entry.
+    pub fn fire_ims(&mut self, index: usize, count: u32) -> bool {
+        let ok = self
+            .ims
+            .as_ref()
+            .is_some_and(|t| (0..count).all(|_| t.fire(index)));
+        if !ok {
+            self.rejected = self.rejected.wrapping_add(1);
+        }
+        ok
+    }
+
     fn selected(&self) -> Option<interrupt::VectorSnapshot> {
+        if self.select & SELECT_IMS != 0 {
+            let i = (self.select & 0xffff) as usize;
+            return self.ims.as_ref()?.domain().vector_snapshot(i);
+        }
         let d = match self.mode() {
             Mode::MsiX => &self.msix_domain,
             _ => &self.msi_domain,
@@ -209,6 +432,7 @@ impl IrqTest {
             regs::PENDING => sel().map_or(0, |s| u32::from(s.pending)),
             regs::DROPPED => sel().map_or(0, |s| s.dropped as u32),
             regs::REJECTED => self.rejected,
+            regs::IMS_ENTRIES => self.ims.as_ref().map_or(0, |t| t.len() as u32),
             _ => 0,
         }
     }
@@ -254,6 +478,13 @@ impl PciDevice for IrqTest {
             }
             return;
         }
+        if bar == IRQTEST_IMS_BAR {
+            match &self.ims {
+                Some(t) => t.read(offset, data),
+                None => data.fill(0),
+            }
+            return;
+        }
         if !self.msix.bar_read(bar, offset, data) {
             data.fill(0);
         }
@@ -270,8 +501,18 @@ impl PciDevice for IrqTest {
                     let count = (v >> 16).max(1);
                     self.fire((v & 0xffff) as usize, count);
                 }
+                regs::IMS_FIRE => {
+                    let count = (v >> 16).max(1);
+                    self.fire_ims((v & 0xffff) as usize, count);
+                }
                 regs::SELECT => self.select = v,
                 _ => {}
+            }
+            return;
+        }
+        if bar == IRQTEST_IMS_BAR {
+            if let Some(t) = &mut self.ims {
+                t.write(offset, data);
             }
             return;
         }
@@ -356,5 +597,141 @@ mod tests {
         }
         d.bar_write(0, regs::SELECT, &u32::MAX.to_le_bytes());
         assert_eq!(reg(&mut d, regs::FIRES), 0);
+    }
+
+    fn ims_setup(n: usize) -> (Arc<RecordingBackend>, IrqTest) {
+        let b = Arc::new(RecordingBackend::default());
+        let h = InterruptHierarchy::new(
+            Arc::new(KvmVectorLayer::new(b.clone(), 24, 64)),
+            Arc::new(NoRemap),
+        );
+        (
+            b,
+            IrqTest::with_ims(&h, RequesterId::pci(0, 3, 0), 4, n).unwrap(),
+        )
+    }
+
+    fn ims_program(d: &mut IrqTest, i: u64, vector: u32, masked: bool) {
+        let base = i * ims::ENTRY_SIZE;
+        d.bar_write(4, base, &0xfee0_0000u64.to_le_bytes());
+        d.bar_write(4, base + 8, &vector.to_le_bytes());
+        d.bar_write(4, base + ims::CTRL, &u32::from(masked).to_le_bytes());
+    }
+
+    fn ims_ctrl(d: &mut IrqTest, i: u64) -> u32 {
+        let mut b = [0u8; 4];
+        d.bar_read(4, i * ims::ENTRY_SIZE + ims::CTRL, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn ims_size_limits_and_bar() {
+        let (_, mut d) = ims_setup(65536);
+        assert_eq!(reg(&mut d, regs::IMS_ENTRIES), 65536);
+        assert_eq!(
+            d.config().bar(IRQTEST_IMS_BAR).map(|b| b.size),
+            Some(1 << 20)
+        );
+        let (_, mut d) = setup(4);
+        assert_eq!(reg(&mut d, regs::IMS_ENTRIES), 0);
+        assert!(d.config().bar(IRQTEST_IMS_BAR).is_none());
+        let h = setup(1).0;
+        assert!(matches!(
+            IrqTest::with_ims(&h, RequesterId(0), 4, 65537),
+            Err(IrqTestError::Ims(65537))
+        ));
+        assert_eq!(ImsTable::bar_size(1), 0x1000);
+        assert_eq!(ImsTable::bar_size(257), 0x2000);
+    }
+
+    #[test]
+    fn ims_entries_read_back_and_start_masked() {
+        let (_, mut d) = ims_setup(8);
+        assert_eq!(ims_ctrl(&mut d, 7), ims::CTRL_MASK);
+        d.bar_write(4, 16, &0xfee0_1003u32.to_le_bytes());
+        d.bar_write(4, 20, &7u32.to_le_bytes());
+        d.bar_write(4, 24, &0x4041u32.to_le_bytes());
+        d.bar_write(4, 28, &0xffff_fffeu32.to_le_bytes());
+        let mut b = [0u8; 8];
+        d.bar_read(4, 16, &mut b);
+        assert_eq!(
+            u64::from_le_bytes(b),
+            0x7_fee0_1000,
+            "address bits 1:0 are reserved"
+        );
+        d.bar_read(4, 24, &mut b);
+        assert_eq!(
+            u64::from_le_bytes(b),
+            0x4041,
+            "control: only the mask bit is writable"
+        );
+        let s = d.ims().unwrap().domain().vector_snapshot(1).unwrap();
+        assert_eq!(s.message, Some(MsiMessage::new(0xfee0_1000, 7, 0x4041)));
+        assert!(!s.masked);
+    }
+
+    #[test]
+    fn ims_fire_delivers_or_pends_and_unmask_delivers_once() {
+        let (b, mut d) = ims_setup(4);
+        ims_program(&mut d, 2, 0x45, true);
+        d.bar_write(0, regs::IMS_FIRE, &(2u32 | (3 << 16)).to_le_bytes());
+        assert_eq!(ims_ctrl(&mut d, 2), ims::CTRL_MASK | ims::CTRL_PENDING);
+        d.bar_write(0, regs::SELECT, &(SELECT_IMS | 2).to_le_bytes());
+        assert_eq!(reg(&mut d, regs::FIRES), 3);
+        assert_eq!(reg(&mut d, regs::DELIVERED), 0);
+        assert_eq!(reg(&mut d, regs::PENDING), 1);
+        d.bar_write(4, 2 * 16 + ims::CTRL, &0u32.to_le_bytes());
+        assert_eq!(ims_ctrl(&mut d, 2), 0);
+        assert_eq!(reg(&mut d, regs::DELIVERED), 1);
+        d.bar_write(0, regs::IMS_FIRE, &2u32.to_le_bytes());
+        assert_eq!(reg(&mut d, regs::DELIVERED), 2);
+        assert_eq!(
+            b.irqfds.lock().unwrap().len(),
+            1,
+            "one GSI for the one active entry"
+        );
+        // IMS fires need neither MSI nor MSI-X; a missing entry is rejected.
+        assert_eq!(reg(&mut d, regs::MODE), 0);
+        d.bar_write(0, regs::IMS_FIRE, &4u32.to_le_bytes());
+        assert_eq!(reg(&mut d, regs::REJECTED), 1);
+    }
+
+    #[test]
+    fn ims_past_the_gsi_limit_uses_the_slow_path() {
+        // 64 routes, 24 reserved: 40 entries get a GSI, the rest KVM_SIGNAL_MSI.
+        let (b, mut d) = ims_setup(100);
+        for i in 0..100 {
+            ims_program(&mut d, i, 0x30 + i as u32, false);
+        }
+        for i in 0..100 {
+            d.bar_write(0, regs::IMS_FIRE, &(i as u32).to_le_bytes());
+        }
+        let snap = d.ims().unwrap().domain().snapshot();
+        assert!(snap
+            .iter()
+            .all(|s| s.fires == 1 && s.deliveries == 1 && s.dropped == 0));
+        assert_eq!(snap.iter().filter(|s| s.gsi.is_some()).count(), 40);
+        assert_eq!(b.signalled.lock().unwrap().len(), 60);
+        assert_eq!(b.committed.lock().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn ims_garbage_accesses_are_harmless() {
+        let (_, mut d) = ims_setup(4);
+        for off in [2u64, 3, 6, 63, 64, 0x1000, u64::MAX - 3, u64::MAX] {
+            for len in [1usize, 2, 3, 4, 8, 16] {
+                d.bar_write(4, off, &vec![0u8; len]);
+                let mut b = vec![0xffu8; len];
+                d.bar_read(4, off, &mut b);
+                assert!(b.iter().all(|&x| x == 0), "{off:#x}/{len}");
+            }
+        }
+        assert!((0..4).all(|i| ims_ctrl(&mut d, i) == ims::CTRL_MASK));
+        d.bar_write(0, regs::SELECT, &(SELECT_IMS | 0xffff).to_le_bytes());
+        assert_eq!(reg(&mut d, regs::FIRES), 0);
+        let (_, mut d) = setup(4);
+        d.bar_write(4, 0, &[0u8; 4]);
+        d.bar_write(0, regs::IMS_FIRE, &0u32.to_le_bytes());
+        assert_eq!(reg(&mut d, regs::REJECTED), 1);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Invariants: nothing panics; a configuration the VMM accepts is one it can build (vCPUs in
 //! 1..=MAX_VCPUS, memory at least MIN_MEMORY, one device per `--device`, every DSA shape
-//! passes `DsaConfig::validate`, irqtest vectors in 1..=2048); a parsed device spec written
+//! passes `DsaConfig::validate`, irqtest vectors in 1..=2048, ims at most 65536); a parsed device spec written
 //! back in canonical form parses to the same device; every `ConfigError` is one line
 //! (unless the value it quotes has a line break).
 
@@ -169,7 +169,7 @@ struct Input {
 /// A parsed device's canonical spec.
 fn canonical(d: &DeviceConfig) -> String {
     match d {
-        DeviceConfig::IrqTest { vectors } => format!("irqtest,vectors={vectors}"),
+        DeviceConfig::IrqTest { vectors, ims } => format!("irqtest,vectors={vectors},ims={ims}"),
         DeviceConfig::Dsa {
             wqs,
             engines,
@@ -190,8 +190,9 @@ fn canonical(d: &DeviceConfig) -> String {
 /// What the VMM does with a parsed device must work.
 fn check_device(spec: &str, d: &DeviceConfig) {
     match d {
-        DeviceConfig::IrqTest { vectors } => {
-            assert!((1..=2048).contains(vectors), "{spec:?} -> {d:?}")
+        DeviceConfig::IrqTest { vectors, ims } => {
+            assert!((1..=2048).contains(vectors), "{spec:?} -> {d:?}");
+            assert!(*ims <= 65536, "{spec:?} -> {d:?}")
         }
         DeviceConfig::Dsa { .. } => {
             let cfg = d

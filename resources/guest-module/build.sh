@@ -8,7 +8,8 @@
 #   packages it depends on (bookworm-backports), fetched with `apt-get download` and
 #   unpacked with `dpkg-deb -x` into $ASSETS/guest/headers/ (never installed as packages;
 #   the same layout `setup.sh --headers` produces, so either may fill it).
-# - Output: $ASSETS/guest/irqtest_guest.ko (its path is printed on stdout), rebuilt only
+# - Output: $ASSETS/guest/irqtest_guest.ko (its path is printed on stdout) and
+#   $ASSETS/guest/irqlat_guest.ko (the latency module, next to it), rebuilt only
 #   when the sources, the kernel release or the headers change (or with --force).
 #   The module's vermagic is checked against the kernel release.
 # $ASSETS = ${VMM_ASSETS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vmm-assets}
@@ -28,8 +29,11 @@ for arg in "$@"; do
     esac
 done
 
-SOURCES=(irqtest_guest.c Kbuild)
+SOURCES=(irqtest_guest.c irqlat_guest.c Kbuild)
 MODULE=irqtest_guest.ko
+# built alongside: the interrupt-latency module (resources/irq-latency.sh)
+LAT_MODULE=irqlat_guest.ko
+LAT_OUT="$GUEST_DIR/$LAT_MODULE"
 OUT="$GUEST_DIR/$MODULE"
 HDIR="$GUEST_DIR/headers"
 
@@ -138,7 +142,7 @@ hash="$( {
     echo "build-v2 ${CC_ARGS[*]+"${CC_ARGS[*]}"}"
 } | sha256sum | cut -d' ' -f1)"
 
-if [ "$FORCE" -eq 0 ] && [ -f "$OUT" ] && [ "$(cat "$OUT.hash" 2>/dev/null || true)" = "$hash" ]; then
+if [ "$FORCE" -eq 0 ] && [ -f "$OUT" ] && [ -f "$LAT_OUT" ] && [ "$(cat "$OUT.hash" 2>/dev/null || true)" = "$hash" ]; then
     log "$MODULE up to date"
     echo "$OUT"
     exit 0
@@ -163,6 +167,9 @@ vermagic="$(modinfo -F vermagic "$BUILD/$MODULE")"
 # debug info is of no use in the guest and would only grow the initramfs
 strip --strip-debug -o "$OUT.tmp" "$BUILD/$MODULE"
 mv "$OUT.tmp" "$OUT"
+[ -f "$BUILD/$LAT_MODULE" ] || die "make succeeded but produced no $LAT_MODULE"
+strip --strip-debug -o "$LAT_OUT.tmp" "$BUILD/$LAT_MODULE"
+mv "$LAT_OUT.tmp" "$LAT_OUT"
 echo "$hash" > "$OUT.hash"
 log "built $OUT in $(echo "$(date +%s.%N) - $start" | bc | xargs printf '%.1f') s (vermagic: $vermagic)"
 echo "$OUT"

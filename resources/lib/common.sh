@@ -30,3 +30,32 @@ kvm_module_paths() {
         "$base/drivers/crypto/ccp/ccp.ko.xz" \
         "$base/arch/x86/kvm/kvm-amd.ko.xz"
 }
+
+# Paths (as above) of the modules that give L1 a tap and the vhost-net and vhost-vsock
+# back-ends (/dev/net/tun, /dev/vhost-net, /dev/vhost-vsock), in load order
+# (nested-run.sh --vhost).
+vhost_module_paths() {
+    local base="lib/modules/$1/kernel"
+    printf '%s\n' \
+        "$base/drivers/net/tun.ko.xz" \
+        "$base/drivers/net/tap.ko.xz" \
+        "$base/drivers/vhost/vhost_iotlb.ko.xz" \
+        "$base/drivers/vhost/vhost.ko.xz" \
+        "$base/drivers/vhost/vhost_net.ko.xz" \
+        "$base/net/vmw_vsock/vsock.ko.xz" \
+        "$base/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko.xz" \
+        "$base/drivers/vhost/vhost_vsock.ko.xz"
+}
+
+# Paths of the L2 guest's virtio-net and virtio-vsock drivers (modules in Debian's 6.12
+# config; VIRTIO_PCI is built in), in load order (resources/vhost-initramfs.sh).
+virtio_guest_module_paths() {
+    local base="lib/modules/$1/kernel"
+    printf '%s\n' \
+        "$base/net/core/failover.ko.xz" \
+        "$base/drivers/net/net_failover.ko.xz" \
+        "$base/drivers/net/virtio_net.ko.xz" \
+        "$base/net/vmw_vsock/vsock.ko.xz" \
+        "$base/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko.xz" \
+        "$base/net/vmw_vsock/vmw_vsock_virtio_transport.ko.xz"
+}

@@ -22,6 +22,13 @@
 //! Part B, interrupt rate: fires per second through each layer of the hierarchy, against a
 //! raw `eventfd` write on a KVM irqfd bound to the same routed GSI.
 //!
+//! Part C, IMS beyond MSI-X's limit: an `irqtest` device with an IMS table of `n` entries
+//! (up to 65536) is programmed and unmasked entry by entry through its BAR (address, data,
+//! control: three MMIO writes), then every entry is fired once through its IMS_FIRE
+//! register. The first 4072 entries get KVM routes, the rest go through `KVM_SIGNAL_MSI`;
+//! bring-up per entry should not grow with `n`, and the VMM's resident memory growth per
+//! entry is reported.
+//!
 //! A host without a usable `/dev/kvm` prints `SKIPPED: <why>` and exits 0. A fire that a
 //! domain dropped or did not deliver (a lost interrupt) ends the run with status 1, after
 //! the tables.
@@ -31,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devices::irqtest::{regs, IrqTest};
+use devices::irqtest::{ims as ims_layout, regs, IrqTest, IRQTEST_IMS_BAR};
 use interrupt::{
     DeviceDomain, DomainKind, InterruptHierarchy, KvmVectorLayer, MsiMessage, NoRemap, RequesterId,
     RoutingBackend, VectorLayerStats,
@@ -695,6 +702,164 @@ fn part_b(kvm: &Kvm, quick: bool) -> Result<(), String> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// Part C: IMS beyond MSI-X's limit
+// ---------------------------------------------------------------------------------------
+
+/// Resident set size of this process, in bytes (`VmRSS` of /proc/self/status).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+struct ImsRun {
+    n: usize,
+    program: Duration,
+    /// Firing the routed entries, and the entries past the routes.
+    fire_routed: (Duration, usize),
+    fire_slow: (Duration, usize),
+    commits: u64,
+    slow: u64,
+    rss_per_entry: f64,
+    delivered: u64,
+    dropped: u64,
+}
+
+fn ims_bring_up(kvm: &Kvm, n: usize) -> Result<ImsRun, String> {
+    let vm = create_vm(kvm)?;
+    let (backend, h) = hierarchy(&vm);
+    let rss0 = rss_bytes();
+    let mut dev =
+        IrqTest::with_ims(&h, RequesterId::pci(0, 6, 0), 1, n).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    for i in 0..n {
+        let base = i as u64 * ims_layout::ENTRY_SIZE;
+        let m = msg(i);
+        dev.bar_write(IRQTEST_IMS_BAR, base, &m.address.to_le_bytes());
+        dev.bar_write(IRQTEST_IMS_BAR, base + 8, &m.data.to_le_bytes());
+        dev.bar_write(
+            IRQTEST_IMS_BAR,
+            base + ims_layout::CTRL,
+            &0u32.to_le_bytes(),
+        );
+    }
+    let program = t0.elapsed();
+    let routed = h.vector_layer().stats().allocated;
+    let fire = |dev: &mut IrqTest, range: std::ops::Range<usize>| {
+        let t = Instant::now();
+        for i in range.clone() {
+            dev.bar_write(0, regs::IMS_FIRE, &(i as u32).to_le_bytes());
+        }
+        (t.elapsed(), range.len())
+    };
+    let fire_routed = fire(&mut dev, 0..routed.min(n));
+    let fire_slow = fire(&mut dev, routed.min(n)..n);
+    let rss1 = rss_bytes();
+    let stats = h.vector_layer().stats();
+    let (mut delivered, mut dropped) = (0, 0);
+    for s in dev
+        .ims()
+        .ok_or("irqtest has no IMS table")?
+        .domain()
+        .snapshot()
+    {
+        delivered += s.deliveries;
+        dropped += s.dropped;
+    }
+    backend.teardown.store(true, Ordering::Relaxed);
+    drop(dev);
+    Ok(ImsRun {
+        n,
+        program,
+        fire_routed,
+        fire_slow,
+        commits: stats.commits,
+        slow: stats.slow_path_signals,
+        rss_per_entry: rss1.saturating_sub(rss0) as f64 / n as f64,
+        delivered,
+        dropped,
+    })
+}
+
+fn part_c(kvm: &Kvm, quick: bool) -> Result<(), String> {
+    let sizes: &[usize] = if quick {
+        &[4096, 32768]
+    } else {
+        &[1024, 4096, 16384, 32768, 65536]
+    };
+    println!("C. IMS (irqtest ims=n): program + unmask every entry (3 MMIO writes each), then");
+    println!("   fire each once; entries past KVM's routes are delivered with KVM_SIGNAL_MSI.");
+    println!();
+    println!(
+        "{:>6} {:>10} {:>9} {:>7} {:>9} {:>11} {:>7} {:>10} {:>10} {:>10}",
+        "n",
+        "bring-up",
+        "/entry",
+        "routed",
+        "slow-MSI",
+        "SET_GSI_RT",
+        "fire",
+        "ns/routed",
+        "ns/slow",
+        "RSS/entry"
+    );
+    let mut runs = Vec::new();
+    for &n in sizes {
+        let r = ims_bring_up(kvm, n)?;
+        let per = |(d, k): (Duration, usize)| {
+            if k == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.0}", d.as_secs_f64() * 1e9 / k as f64)
+            }
+        };
+        println!(
+            "{:>6} {:>10} {:>9} {:>7} {:>9} {:>11} {:>7} {:>10} {:>10} {:>8.0} B",
+            n,
+            fmt_dur(r.program),
+            fmt_dur(r.program / n as u32),
+            r.fire_routed.1,
+            r.slow,
+            r.commits,
+            fmt_dur(r.fire_routed.0 + r.fire_slow.0),
+            per(r.fire_routed),
+            per(r.fire_slow),
+            r.rss_per_entry
+        );
+        runs.push(r);
+    }
+    if let Some(base) = runs.iter().find(|r| r.n == 4096) {
+        let per = |r: &ImsRun| r.program.as_secs_f64() / r.n as f64;
+        for r in runs.iter().filter(|r| r.n > 4096) {
+            println!(
+                "   n={}: bring-up per entry {:.2}x that of n=4096 (1.0x = linear growth)",
+                r.n,
+                per(r) / per(base)
+            );
+        }
+    }
+    let lost: Vec<String> = runs
+        .iter()
+        .filter(|r| r.delivered != r.n as u64 || r.dropped != 0)
+        .map(|r| {
+            format!(
+                "n={}: {} of {} delivered, {} dropped",
+                r.n, r.delivered, r.n, r.dropped
+            )
+        })
+        .collect();
+    if !lost.is_empty() {
+        return Err(format!("IMS interrupts lost: {}", lost.join("; ")));
+    }
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
@@ -732,6 +897,11 @@ fn main() {
     println!();
     if let Err(e) = part_b(&kvm, quick) {
         eprintln!("rate benchmark failed: {e}");
+        std::process::exit(1);
+    }
+    println!();
+    if let Err(e) = part_c(&kvm, quick) {
+        eprintln!("IMS benchmark failed: {e}");
         std::process::exit(1);
     }
     println!();

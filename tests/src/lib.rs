@@ -953,6 +953,18 @@ impl GuestSession {
         }
     }
 
+    /// Nested mode: runs shell `cmd` in the background in L1, beside the vmm (stdin
+    /// /dev/null, output on the console), through nested-run.sh's control channel.
+    pub fn l1_run(&mut self, cmd: &str) {
+        assert_eq!(self.mode, Mode::Nested, "l1_run needs the nested harness");
+        assert!(!cmd.contains('\n'), "one line only");
+        eprintln!(
+            "[{:7.2}s] >>> (L1) {cmd}",
+            self.spawned.elapsed().as_secs_f64()
+        );
+        self.control_line(&format!("run {cmd}"));
+    }
+
     /// Copies the lines of `path` (a file the vmm writes; in nested mode a path inside L1)
     /// into the session output as `@@FILE <line>`, from its start and as it grows.
     pub fn follow_file(&mut self, path: &str) {

@@ -184,6 +184,27 @@ fn bad_option_values_are_usage_errors() {
         (vec!["--cpus", "boot=0"], "error: invalid --cpus 'boot=0'"),
         (vec!["--serial", "pty"], "error: invalid --serial 'pty'"),
         (vec!["--iommu", "amd"], "error: invalid --iommu 'amd'"),
+        (
+            vec!["--net", "tap=t0,mac=52:54:00:12:34"],
+            "error: invalid --net 'tap=t0,mac=52:54:00:12:34': invalid MAC address",
+        ),
+        (
+            vec!["--net", "tap=t0,mac=01:00:5e:00:00:01"],
+            "error: invalid --net 'tap=t0,mac=01:00:5e:00:00:01': invalid MAC address '01:00:5e:00:00:01': a multicast",
+        ),
+        (
+            vec!["--net", "tap=a/b"],
+            "error: invalid --net 'tap=a/b': invalid tap name",
+        ),
+        (
+            vec!["--vsock", "cid=2"],
+            "error: invalid --vsock 'cid=2': CIDs 0, 1, 2 and 4294967295 and above are reserved",
+        ),
+        (
+            vec!["--vsock", "cid=4294967295"],
+            "error: invalid --vsock 'cid=4294967295': CIDs 0, 1, 2",
+        ),
+        (vec!["--vsock", "port=3"], "error: invalid --vsock 'port=3': expected cid=N"),
     ] {
         let mut a = vec!["--kernel", k.as_str()];
         a.extend(args.iter().copied());

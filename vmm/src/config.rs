@@ -28,7 +28,7 @@ pub enum ConfigError {
     #[error("--memory size {0} bytes is not a multiple of 4 KiB: rejected (not rounded); {1} bytes would be")]
     MemoryNotPageAligned(u64, u64),
     /// `--device` could not be parsed.
-    #[error("invalid --device '{0}': expected irqtest[,vectors=N] (N in 1..=2048) or dsa[,wqs=N,engines=N,groups=N,ims=N,movdir64b=on|off]")]
+    #[error("invalid --device '{0}': expected irqtest[,vectors=N,ims=N] (vectors 1..=2048, ims 0..=65536) or dsa[,wqs=N,engines=N,groups=N,ims=N,movdir64b=on|off]")]
     Device(String),
     /// `--seccomp` could not be parsed.
     #[error("invalid --seccomp '{0}': expected on, log or off")]
@@ -49,6 +49,88 @@ pub enum ConfigError {
     /// `--serial` could not be parsed.
     #[error("invalid --serial '{0}': expected tty, off or file=PATH")]
     Serial(String),
+    /// `--net` could not be parsed.
+    #[error("invalid --net '{spec}': {reason}")]
+    Net {
+        /// The value given.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `--vsock` could not be parsed or names a reserved CID.
+    #[error("invalid --vsock '{spec}': {reason}")]
+    Vsock {
+        /// The value given.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A network card added with `--net tap=NAME[,mac=MAC]` (virtio-net on vhost-net).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap interface (created if absent).
+    pub tap: String,
+    /// The card's MAC address; absent: the guest driver picks a random one.
+    pub mac: Option<vhost_devices::MacAddress>,
+}
+
+impl NetConfig {
+    /// Parses `tap=NAME[,mac=MAC]`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: String| ConfigError::Net {
+            spec: spec.to_string(),
+            reason,
+        };
+        let (mut tap, mut mac) = (None, None);
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("tap", v)) if tap.is_none() => {
+                    if !vhost_devices::tap::valid_name(v) {
+                        return Err(bad(vhost_devices::TapError::Name(v.into()).to_string()));
+                    }
+                    tap = Some(v.to_string());
+                }
+                Some(("mac", v)) if mac.is_none() => {
+                    mac = Some(
+                        v.parse()
+                            .map_err(|e: vhost_devices::MacError| bad(e.to_string()))?,
+                    )
+                }
+                _ => return Err(bad("expected tap=NAME[,mac=MAC]".into())),
+            }
+        }
+        let tap = tap.ok_or_else(|| bad("expected tap=NAME[,mac=MAC]".into()))?;
+        Ok(NetConfig { tap, mac })
+    }
+}
+
+/// The socket device added with `--vsock cid=N` (virtio-vsock on vhost-vsock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3..=2^32-2).
+    pub cid: u64,
+}
+
+impl VsockConfig {
+    /// Parses `cid=N`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: String| ConfigError::Vsock {
+            spec: spec.to_string(),
+            reason,
+        };
+        let cid = single_key(spec, "cid")
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| bad("expected cid=N".into()))?;
+        vhost_devices::vsock::check_cid(cid).map_err(|_| {
+            bad(
+                "CIDs 0, 1, 2 and 4294967295 and above are reserved: a guest CID is 3..=4294967294"
+                    .into(),
+            )
+        })?;
+        Ok(VsockConfig { cid })
+    }
 }
 
 /// Where the guest's serial console goes.
@@ -69,6 +151,8 @@ pub enum DeviceConfig {
     IrqTest {
         /// MSI-X table size.
         vectors: usize,
+        /// IMS table size (0: no IMS).
+        ims: usize,
     },
     /// An Intel DSA (idxd) device.
     Dsa {
@@ -128,15 +212,23 @@ impl DeviceConfig {
         }
     }
 
-    /// Parses `irqtest[,vectors=N]`.
+    /// Parses `irqtest[,vectors=N,ims=N]` or `dsa[,...]`.
     pub fn parse(spec: &str) -> Result<Self, ConfigError> {
         let bad = || ConfigError::Device(spec.to_string());
         let mut parts = spec.split(',');
         match parts.next() {
             Some("irqtest") => {
                 let mut vectors = IRQTEST_DEFAULT_VECTORS;
+                let mut ims = 0;
                 for p in parts {
                     match p.split_once('=') {
+                        Some(("ims", v)) => {
+                            ims = v
+                                .parse()
+                                .ok()
+                                .filter(|n| *n <= devices::irqtest::IRQTEST_MAX_IMS)
+                                .ok_or_else(bad)?
+                        }
                         Some(("vectors", v)) => {
                             vectors = v
                                 .parse()
@@ -147,7 +239,7 @@ impl DeviceConfig {
                         _ => return Err(bad()),
                     }
                 }
-                Ok(DeviceConfig::IrqTest { vectors })
+                Ok(DeviceConfig::IrqTest { vectors, ims })
             }
             Some("dsa") => {
                 let (mut wqs, mut engines, mut groups, mut ims) = (4u8, 4u8, 4u8, 256u16);
@@ -226,9 +318,16 @@ pub struct Cli {
     /// Serial console: tty, off or file=PATH.
     #[arg(long, default_value = "tty", value_name = "MODE")]
     pub serial: String,
-    /// Add a device: irqtest[,vectors=N] or dsa[,wqs=N,engines=N,groups=N,ims=N] (repeatable).
+    /// Add a device: irqtest[,vectors=N,ims=N] or dsa[,wqs=N,engines=N,groups=N,ims=N] (repeatable).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
+    /// Add a network card on vhost-net: tap=NAME[,mac=MAC] (the tap is created if absent;
+    /// repeatable).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<String>,
+    /// Add a socket device on vhost-vsock: cid=N (the guest's context ID, 3..=4294967294).
+    #[arg(long, value_name = "cid=N")]
+    pub vsock: Option<String>,
     /// Add an IOMMU: intel (VT-d interrupt remapping, x2APIC mode).
     #[arg(long, value_name = "KIND")]
     pub iommu: Option<String>,
@@ -257,6 +356,10 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// Devices to add.
     pub devices: Vec<DeviceConfig>,
+    /// Network cards (`--net`).
+    pub nets: Vec<NetConfig>,
+    /// Socket device (`--vsock`).
+    pub vsock: Option<VsockConfig>,
     /// IOMMU, if any.
     pub iommu: Option<IommuKind>,
     /// Print the hierarchy at exit.
@@ -323,6 +426,12 @@ impl VmConfig {
             .iter()
             .map(|d| DeviceConfig::parse(d))
             .collect::<Result<Vec<_>, _>>()?;
+        let nets = cli
+            .nets
+            .iter()
+            .map(|n| NetConfig::parse(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vsock = cli.vsock.as_deref().map(VsockConfig::parse).transpose()?;
         let iommu = match cli.iommu.as_deref() {
             None => None,
             Some("intel") => Some(IommuKind::Intel),
@@ -343,6 +452,8 @@ impl VmConfig {
             seccomp,
             iommu,
             devices,
+            nets,
+            vsock,
             kernel: cli.kernel,
             initramfs: cli.initramfs,
             cmdline: cli.cmdline,
@@ -482,19 +593,37 @@ mod tests {
 
     #[test]
     fn devices_parse() {
-        let c = cli(&["--device", "irqtest", "--device", "irqtest,vectors=2048"]).unwrap();
+        let c = cli(&[
+            "--device",
+            "irqtest",
+            "--device",
+            "irqtest,vectors=2048",
+            "--device",
+            "irqtest,ims=65536,vectors=4",
+        ])
+        .unwrap();
         assert_eq!(
             c.devices,
             vec![
                 DeviceConfig::IrqTest {
-                    vectors: IRQTEST_DEFAULT_VECTORS
+                    vectors: IRQTEST_DEFAULT_VECTORS,
+                    ims: 0
                 },
-                DeviceConfig::IrqTest { vectors: 2048 }
+                DeviceConfig::IrqTest {
+                    vectors: 2048,
+                    ims: 0
+                },
+                DeviceConfig::IrqTest {
+                    vectors: 4,
+                    ims: 65536
+                }
             ]
         );
         for bad in [
             "irqtest,vectors=0",
             "irqtest,vectors=2049",
+            "irqtest,ims=65537",
+            "irqtest,ims=-1",
             "irqtest,x=1",
             "nvme",
             "",
@@ -632,6 +761,61 @@ mod tests {
             cli(&["--seccomp", "kill"]),
             Err(ConfigError::Seccomp("kill".into()))
         );
+    }
+
+    #[test]
+    fn net_options() {
+        let c = cli(&["--net", "tap=tap0", "--net", "tap=t1,mac=52:54:00:12:34:56"]).unwrap();
+        assert_eq!(
+            c.nets[0],
+            NetConfig {
+                tap: "tap0".into(),
+                mac: None
+            }
+        );
+        assert_eq!(c.nets[1].mac.unwrap().to_string(), "52:54:00:12:34:56");
+        for (bad, why) in [
+            ("tap=t,mac=52:54:00:12:34", "invalid MAC address"),
+            ("tap=t,mac=01:00:5e:00:00:01", "multicast"),
+            ("tap=t,mac=00:00:00:00:00:00", "all-zero"),
+            ("tap=a/b", "invalid tap name"),
+            ("tap=0123456789abcdef", "invalid tap name"),
+            ("tap=", "invalid tap name"),
+            ("mac=52:54:00:12:34:56", "expected tap=NAME"),
+            ("tap=t,tap=u", "expected tap=NAME"),
+            ("tap=t,speed=10", "expected tap=NAME"),
+        ] {
+            let e = cli(&["--net", bad]).unwrap_err();
+            assert!(matches!(e, ConfigError::Net { .. }), "{bad}");
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn vsock_cid_range() {
+        assert_eq!(cli(&[]).unwrap().vsock, None);
+        assert_eq!(
+            cli(&["--vsock", "cid=3"]).unwrap().vsock,
+            Some(VsockConfig { cid: 3 })
+        );
+        assert_eq!(
+            cli(&["--vsock", "cid=4294967294"]).unwrap().vsock,
+            Some(VsockConfig { cid: 4294967294 })
+        );
+        for bad in [
+            "cid=0",
+            "cid=1",
+            "cid=2",
+            "cid=4294967295",
+            "cid=4294967296",
+        ] {
+            let e = cli(&["--vsock", bad]).unwrap_err();
+            assert!(e.to_string().contains("reserved"), "{bad}: {e}");
+        }
+        for bad in ["cid=", "cid=-3", "3", "port=3", "cid=3,cid=4"] {
+            let e = cli(&["--vsock", bad]).unwrap_err();
+            assert!(e.to_string().contains("expected cid=N"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -99,6 +99,12 @@ const KVM_SET_VCPU_EVENTS: u64 = kvm_ioc(IOC_W, 0xa0, std::mem::size_of::<kvm_vc
 pub const KVM_SET_GSI_ROUTING: u64 = kvm_ioc(IOC_W, 0x6a, std::mem::size_of::<kvm_irq_routing>());
 const KVM_IRQFD: u64 = kvm_ioc(IOC_W, 0x76, std::mem::size_of::<kvm_irqfd>());
 const KVM_SIGNAL_MSI: u64 = kvm_ioc(IOC_W, 0xa5, std::mem::size_of::<kvm_msi>());
+/// KVM_IOEVENTFD (virtio notify addresses follow BAR0 when the guest programs it).
+const KVM_IOEVENTFD: u64 = kvm_ioc(
+    IOC_W,
+    0x79,
+    std::mem::size_of::<kvm_bindings::kvm_ioeventfd>(),
+);
 
 /// Terminal ioctls (raw mode on and off, isatty).
 const TTY_IOCTLS: [u64; 5] = [
@@ -199,14 +205,35 @@ fn common_rules() -> Rules {
 /// PIO/MMIO exits (interrupt delivery, new eventfds for vectors the guest enables).
 pub fn vcpu_rules() -> Rules {
     let mut r = common_rules();
+    // Masking a host-signalled vector hands its trigger to the interrupt relay's epoll.
+    allow(&mut r, &[libc::SYS_epoll_ctl]);
     allow_arg(&mut r, libc::SYS_ioctl, 1, &VCPU_IOCTLS);
+    // virtio: ioeventfds placed at BAR0's notify addresses; vhost devices start and stop
+    // their kernel back-end on DRIVER_OK and reset.
+    allow_arg(&mut r, libc::SYS_ioctl, 1, &[KVM_IOEVENTFD]);
+    allow_arg(
+        &mut r,
+        libc::SYS_ioctl,
+        1,
+        &vhost_devices::backend::activation_ioctls(),
+    );
     r
 }
 
-/// Device worker threads (DSA descriptor processing, the serial output writer): guest memory is mapped already, so
-/// locks, interrupt delivery and logging are all they need.
+/// Device worker threads (DSA descriptor processing, the serial output writer, the
+/// interrupt relay): guest memory is mapped already, so locks, interrupt delivery, logging
+/// and waiting on their eventfds with epoll are all they need.
 pub fn worker_rules() -> Rules {
-    common_rules()
+    let mut r = common_rules();
+    allow(
+        &mut r,
+        &[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+        ],
+    );
+    r
 }
 
 /// The main thread's control loop: epoll over the console, signals and the exit eventfd;
@@ -467,6 +494,16 @@ mod tests {
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
         assert_eq!(KVM_IRQFD, 0x4020_ae76);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
+    }
+
+    #[test]
+    fn vcpu_threads_may_start_and_stop_vhost_back_ends() {
+        // VHOST_SET_VRING_CALL, VHOST_NET_SET_BACKEND, VHOST_VSOCK_SET_RUNNING
+        for cmd in [0x4008_af21, 0x4008_af30, 0x4004_af61, KVM_IOEVENTFD] {
+            assert!(ioctl_allowed(ThreadKind::Vcpu, cmd), "{cmd:#x}");
+            assert!(!ioctl_allowed(ThreadKind::Worker, cmd), "{cmd:#x}");
+        }
     }
 
     #[test]
@@ -501,10 +538,14 @@ mod tests {
     }
 
     #[test]
-    fn only_the_main_thread_waits_on_epoll() {
+    fn vcpus_never_wait_on_epoll() {
+        // The main loop and the workers (interrupt relay, queue workers) wait on epoll; a
+        // vCPU only adds and removes descriptors (a masked host-signalled vector's trigger).
         assert!(allows(ThreadKind::Main, libc::SYS_epoll_wait));
+        assert!(allows(ThreadKind::Worker, libc::SYS_epoll_wait));
         assert!(!allows(ThreadKind::Vcpu, libc::SYS_epoll_wait));
-        assert!(!allows(ThreadKind::Worker, libc::SYS_epoll_wait));
+        assert!(!allows(ThreadKind::Vcpu, libc::SYS_epoll_pwait));
+        assert!(allows(ThreadKind::Vcpu, libc::SYS_epoll_ctl));
     }
 
     #[test]

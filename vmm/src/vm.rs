@@ -136,6 +136,30 @@ fn host_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     move |source| VmError::Host { what, source }
 }
 
+/// KVM ioeventfds for virtio queue notifications (any access width, no data match).
+struct KvmIoEvents(Arc<VmFd>);
+
+impl virtio::IoEventRegistry for KvmIoEvents {
+    fn register_mmio(&self, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        self.0
+            .register_ioevent(
+                fd,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+    fn unregister_mmio(&self, addr: u64, fd: &EventFd) -> std::io::Result<()> {
+        self.0
+            .unregister_ioevent(
+                fd,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
 /// First exit reason reported wins; the main loop is woken through an eventfd.
 struct ExitSignal {
     evt: EventFd,
@@ -412,8 +436,8 @@ impl Vm {
                 .ok_or_else(|| VmError::Device("no free PCI slot".into()))?;
             let requester = RequesterId::pci(0, slot, 0);
             let device: Arc<Mutex<dyn PciDevice>> = match dev {
-                DeviceConfig::IrqTest { vectors } => Arc::new(Mutex::new(
-                    IrqTest::new(&hierarchy, requester, *vectors)
+                DeviceConfig::IrqTest { vectors, ims } => Arc::new(Mutex::new(
+                    IrqTest::with_ims(&hierarchy, requester, *vectors, *ims)
                         .map_err(|e| VmError::Device(e.to_string()))?,
                 )),
                 DeviceConfig::Dsa { .. } => {
@@ -425,6 +449,38 @@ impl Vm {
                 }
             };
             root.add_device(device)
+                .map_err(|e| VmError::Device(e.to_string()))?;
+        }
+        // virtio devices on vhost kernel back-ends (a tap created here goes away with its
+        // descriptor, so an error below leaves nothing behind).
+        let mut vhost_devs: Vec<Box<dyn virtio::VirtioDevice>> = Vec::new();
+        for n in &config.nets {
+            vhost_devs.push(Box::new(
+                vhost_devices::VhostNetDevice::new(&n.tap, n.mac, mem.clone())
+                    .map_err(|e| VmError::Device(format!("--net tap={}: {e}", n.tap)))?,
+            ));
+        }
+        if let Some(v) = &config.vsock {
+            vhost_devs.push(Box::new(
+                vhost_devices::VhostVsockDevice::new(v.cid, mem.clone())
+                    .map_err(|e| VmError::Device(format!("--vsock: {e}")))?,
+            ));
+        }
+        let ioevents: Arc<dyn virtio::IoEventRegistry> = Arc::new(KvmIoEvents(vm.clone()));
+        for dev in vhost_devs {
+            let slot = root
+                .next_free_slot()
+                .ok_or_else(|| VmError::Device("no free PCI slot".into()))?;
+            let requester = RequesterId::pci(0, slot, 0);
+            let pci = virtio::VirtioPciDevice::new(
+                dev,
+                &hierarchy,
+                requester,
+                mem.clone(),
+                ioevents.clone(),
+            )
+            .map_err(|e| VmError::Device(e.to_string()))?;
+            root.add_device(Arc::new(Mutex::new(pci)))
                 .map_err(|e| VmError::Device(e.to_string()))?;
         }
         let mmio64_start = pci_mmio64_start(config.memory);
