@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepare everything the boot tests and the demo need, cached and idempotent:
-#   - apt: bookworm-backports, busybox-static cpio zstd xz-utils kmod
+#   - apt: bookworm-backports, busybox-static cpio zstd xz-utils kmod time
 #          (+ qemu-system-x86 from backports when the nested harness is needed)
-#   - the current Debian 6.12 kernel (bookworm-backports), extracted, never installed
+#   - the current Debian 6.12 kernel (bookworm-backports), extracted, never installed,
+#     and the ELF vmlinux taken out of its bzImage (PVH boot)
 #   - the demo guest initramfs
 #   - the probe result (direct|nested)
 #
@@ -76,7 +77,7 @@ pkg_installed() {
 }
 
 missing=()
-for p in busybox-static cpio zstd xz-utils kmod; do
+for p in busybox-static cpio zstd xz-utils kmod time; do
     pkg_installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -154,6 +155,33 @@ fi
 while read -r m; do
     [ -f "$GUEST_DIR/linux/$m" ] || die "kernel package lacks $m"
 done < <(kvm_module_paths "$KVER")
+
+# ---------------------------------------------------------------- vmlinux (PVH boot)
+# The ELF vmlinux inside the bzImage: its payload (setup header payload_offset/length) is a
+# zstd frame followed by the 4-byte decompressed size. The vmm and QEMU boot it through its
+# PVH entry note, without the bzImage's decompressor.
+VMLINUX="$GUEST_DIR/vmlinux"
+if [ -f "$VMLINUX" ] && [ "$(cat "$VMLINUX.version" 2>/dev/null || true)" = "$KVER" ]; then
+    log "vmlinux $KVER already extracted"
+else
+    bz="$GUEST_DIR/vmlinuz"
+    le32() { od -An -tu4 -j "$2" -N4 "$1" | tr -d ' '; }
+    setup_sects="$(od -An -tu1 -j $((0x1f1)) -N1 "$bz" | tr -d ' ')"
+    [ "$setup_sects" -eq 0 ] && setup_sects=4
+    payload_off="$(( (setup_sects + 1) * 512 + $(le32 "$bz" $((0x248))) ))"
+    payload_len="$(le32 "$bz" $((0x24c)))"
+    [ "$(od -An -tx1 -j "$payload_off" -N4 "$bz" | tr -d ' ')" = 28b52ffd ] \
+        || die "$bz: the payload at $payload_off is not zstd"
+    want="$(le32 "$bz" $((payload_off + payload_len - 4)))"
+    log "extracting vmlinux ($want bytes) from the bzImage's zstd payload"
+    dd if="$bz" iflag=skip_bytes,count_bytes skip="$payload_off" count=$((payload_len - 4)) \
+        bs=1M status=none | zstd -dcq > "$VMLINUX.tmp" \
+        || die "decompressing the bzImage payload failed"
+    [ "$(stat -c %s "$VMLINUX.tmp")" = "$want" ] || die "vmlinux has $(stat -c %s "$VMLINUX.tmp") bytes, expected $want"
+    [ "$(head -c 4 "$VMLINUX.tmp" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] || die "extracted payload is not an ELF file"
+    mv "$VMLINUX.tmp" "$VMLINUX"
+    echo "$KVER" > "$VMLINUX.version"
+fi
 
 # ---------------------------------------------------------------- headers (optional)
 if [ "$WANT_HEADERS" -eq 1 ]; then
@@ -263,6 +291,7 @@ cat >&2 <<SUM
   cache dir : $VMM_ASSETS_DIR
   kernel    : $KVER
   vmlinuz   : $GUEST_DIR/vmlinuz
+  vmlinux   : $VMLINUX (PVH)
   modules   : $GUEST_DIR/linux/lib/modules/$KVER
   initramfs : $DEMO_IRD
   mode      : $MODE (written to $VMM_ASSETS_DIR/mode; VMM_TEST_MODE=direct|nested overrides)

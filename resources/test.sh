@@ -3,7 +3,9 @@
 #   formatting and lints, unit tests (no KVM), KVM integration tests on /dev/kvm with tiny
 #   project-written guests, and Linux boot tests (directly on KVM with VMX/SVM, otherwise in
 #   the nested QEMU TCG harness), the guest kernel module tests, a quick run of the interrupt
-#   benchmark and one round of the in-guest latency comparison with QEMU (print figures) and a short fuzzing pass over every fuzz target.
+#   benchmark and one round of the in-guest latency comparison with QEMU (print figures), a
+#   short fuzzing pass over every fuzz target and one round of the boot comparison against
+#   QEMU (resources/compare.sh, prints its table).
 # Usage: resources/test.sh [extra cargo test args, e.g. a test name filter]
 # Env: FUZZ_SECONDS (per target, default 20; 0 skips fuzzing), SKIP_BENCH=1,
 #      VMM_SKIP_KVM_TESTS=1 (KVM tier reported as ignored).
@@ -19,6 +21,7 @@ start=$(date +%s)
 mkdir -p "$ROOT/target"
 BENCH_LOG="$ROOT/target/test-sh-bench.log"
 TEST_LOG="$ROOT/target/test-sh-cargo-test.log"
+COMPARE_LOG="$ROOT/target/test-sh-compare.log"
 : > "$BENCH_LOG"
 
 step "setup (guest kernel, headers, harness)"
@@ -60,16 +63,27 @@ cargo test --workspace "$@" 2>&1 | tee "$TEST_LOG"
 rc=$?
 set -e
 
+step "boot comparison against QEMU (resources/compare.sh, one round)"
+set +e
+bash "$HERE/compare.sh" --rounds 1 2>&1 | tee "$COMPARE_LOG"
+compare_rc=${PIPESTATUS[0]}
+set -e
+[ "$compare_rc" -eq 0 ] || echo "compare.sh failed (status $compare_rc)" >&2
+
 step "skipped tests and retries"
 skipped="$(grep -E '^test .* \.\.\. ignored' "$TEST_LOG" || true)"
 bench_skip="$(grep -E '^SKIPPED:' "$BENCH_LOG" || true)"
+compare_skip="$(grep -E 'SKIPPED|FAILED' "$COMPARE_LOG" || true)"
+[ "$compare_rc" -eq 0 ] || compare_skip="${compare_skip:+$compare_skip
+}compare.sh did not finish (status $compare_rc)"
 retries="$(grep -E 'nested harness: (L1 died|L2 triple fault) .*retrying once' "$TEST_LOG" || true)"
-if [ -z "$skipped$bench_skip" ]; then
+if [ -z "$skipped$bench_skip$compare_skip" ]; then
     echo "no test skipped" >&2
 else
     echo "SKIPPED ($(printf '%s\n' "$skipped" | grep -c . ) test(s)):" >&2
     [ -z "$skipped" ] || printf '%s\n' "$skipped" | sed 's/^/    /' >&2
     [ -z "$bench_skip" ] || echo "    benchmark: $bench_skip" >&2
+    [ -z "$compare_skip" ] || printf '%s\n' "$compare_skip" | sed 's/^/    compare: /' >&2
 fi
 if [ -n "$retries" ]; then
     # harness_nested_standin crashes L1 on purpose (sysrq) to prove the retry works

@@ -4,6 +4,9 @@
 //! initramfs, any command line and an RSDP address, on guest memory from
 //! `vmm::boot::create_memory` (64 MiB and up; no KVM).
 //!
+//! Also ELF vmlinux files (fuzzed program headers, with or without a PVH entry note) for the
+//! PVH path.
+//!
 //! Invariants: nothing panics; an error is one line; a kernel the loader accepts boots at
 //! its 64-bit entry (load address + 0x200) with a zero page that carries the boot-protocol
 //! signatures, loader type, command line pointer and length, an e820 map that covers low RAM
@@ -21,8 +24,10 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use vmm::boot::{create_memory, load_linux};
-use vmm::layout::{CMDLINE_ADDR, KERNEL_LOAD_ADDR, MMIO_HOLE_START, ZERO_PAGE_ADDR};
+use vmm::boot::{create_memory, load_linux, BootInfo, BootProtocol, PVH_START_MAGIC};
+use vmm::layout::{
+    CMDLINE_ADDR, KERNEL_LOAD_ADDR, MMIO_HOLE_START, PVH_INFO_ADDR, ZERO_PAGE_ADDR,
+};
 
 /// Offsets in the zero page / bzImage (Documentation/arch/x86/boot.rst).
 mod hdr {
@@ -106,9 +111,70 @@ impl MemSize {
     }
 }
 
+/// An ELF vmlinux: program headers (type, file offset, physical address, file and memory
+/// sizes) and an optional PVH entry note, patched over the fuzzed bytes.
+#[derive(Arbitrary, Debug, Clone)]
+struct ElfImage {
+    phdrs: Vec<(u32, u16, u32, u16, u32)>,
+    pvh_entry: Option<u32>,
+}
+
+impl ElfImage {
+    fn build(&self, body: &[u8]) -> Vec<u8> {
+        let phdrs: Vec<_> = self.phdrs.iter().take(8).collect();
+        let mut note = Vec::new();
+        if let Some(e) = self.pvh_entry {
+            note.extend_from_slice(&4u32.to_le_bytes());
+            note.extend_from_slice(&4u32.to_le_bytes());
+            note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+            note.extend_from_slice(b"Xen\0");
+            note.extend_from_slice(&e.to_le_bytes());
+        }
+        let phnum = phdrs.len() + 1;
+        let note_off = 64 + 56 * phnum;
+        let body_off = note_off + note.len();
+        let mut f = vec![0u8; 64];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[6] = 1;
+        f[0x10..0x12].copy_from_slice(&2u16.to_le_bytes());
+        f[0x12..0x14].copy_from_slice(&0x3eu16.to_le_bytes());
+        f[0x18..0x20].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        f[0x34..0x36].copy_from_slice(&64u16.to_le_bytes());
+        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        f[0x38..0x3a].copy_from_slice(&(phnum as u16).to_le_bytes());
+        let phdr = |t: u32, off: u64, addr: u64, filesz: u64, memsz: u64| {
+            let mut p = vec![0u8; 56];
+            p[0..4].copy_from_slice(&t.to_le_bytes());
+            p[8..16].copy_from_slice(&off.to_le_bytes());
+            p[24..32].copy_from_slice(&addr.to_le_bytes());
+            p[32..40].copy_from_slice(&filesz.to_le_bytes());
+            p[40..48].copy_from_slice(&memsz.to_le_bytes());
+            p
+        };
+        for &&(t, off, addr, filesz, memsz) in &phdrs {
+            f.extend(phdr(
+                t % 5,
+                (body_off + usize::from(off)) as u64,
+                u64::from(addr),
+                u64::from(filesz),
+                u64::from(memsz),
+            ));
+        }
+        f.extend(phdr(4, note_off as u64, 0, note.len() as u64, note.len() as u64));
+        f.extend(note);
+        f.extend_from_slice(body);
+        f
+    }
+}
+
 #[derive(Arbitrary, Debug)]
 struct Input {
     header: Option<Header>,
+    /// Build an ELF vmlinux instead (the PVH path); `header` is then ignored.
+    elf: Option<ElfImage>,
     /// Pad the kernel to this many 512-byte sectors past the setup (so the protected-mode
     /// part exists).
     pad_sectors: u8,
@@ -142,7 +208,9 @@ fn u32_at(m: &GuestMemoryMmap, a: u64) -> u32 {
 
 fuzz_target!(|input: Input| {
     let mut kernel = input.kernel.clone();
-    if let Some(h) = input.header {
+    if let Some(e) = &input.elf {
+        kernel = e.build(&input.kernel);
+    } else if let Some(h) = input.header {
         h.patch(&mut kernel);
         let setup = (usize::from(h.setup_sects.max(4)) + 1) * 512;
         let want = setup + usize::from(input.pad_sectors) * 512;
@@ -181,6 +249,10 @@ fuzz_target!(|input: Input| {
                 return;
             }
         };
+        if info.protocol == BootProtocol::Pvh {
+            check_pvh(mem, mem_size, &info, &input);
+            return;
+        }
         assert_eq!(info.entry, KERNEL_LOAD_ADDR + 0x200, "64-bit entry");
         let zp = ZERO_PAGE_ADDR;
         let at = |o: usize| zp + o as u64;
@@ -247,3 +319,38 @@ fuzz_target!(|input: Input| {
         }
     });
 });
+
+/// PVH: the entry lies in RAM above 1 MiB; `hvm_start_info` carries the magic, the command
+/// line, the memory map and (with an initramfs) one module holding exactly the file's bytes,
+/// page aligned, inside guest RAM.
+fn check_pvh(mem: &GuestMemoryMmap, mem_size: u64, info: &BootInfo, input: &Input) {
+    let low_end = mem_size.min(MMIO_HOLE_START);
+    assert!(
+        (KERNEL_LOAD_ADDR..low_end).contains(&info.entry),
+        "PVH entry {:#x}",
+        info.entry
+    );
+    let at = |o: u64| PVH_INFO_ADDR + o;
+    assert_eq!(u32_at(mem, at(0)), PVH_START_MAGIC);
+    assert_eq!(u32_at(mem, at(4)), 1, "start info version");
+    let nr_modules = u32_at(mem, at(12));
+    let cmdline: u64 = mem.read_obj(GuestAddress(at(24))).unwrap();
+    assert_eq!(cmdline, CMDLINE_ADDR);
+    let entries = u32_at(mem, at(48));
+    assert!((1..=8).contains(&entries), "{entries} memory map entries");
+    match &input.initramfs {
+        Some(data) => {
+            assert_eq!(nr_modules, 1);
+            let list: u64 = mem.read_obj(GuestAddress(at(16))).unwrap();
+            let paddr: u64 = mem.read_obj(GuestAddress(list)).unwrap();
+            let size: u64 = mem.read_obj(GuestAddress(list + 8)).unwrap();
+            assert_eq!(size, data.len() as u64);
+            assert_eq!(paddr % 0x1000, 0);
+            assert!(paddr >= KERNEL_LOAD_ADDR && paddr + size <= low_end);
+            let mut got = vec![0u8; data.len()];
+            mem.read_slice(&mut got, GuestAddress(paddr)).unwrap();
+            assert!(got == *data, "initramfs bytes");
+        }
+        None => assert_eq!(nr_modules, 0),
+    }
+}

@@ -83,8 +83,13 @@ pub fn assets_dir() -> PathBuf {
 /// The guest assets produced by `resources/setup.sh`.
 #[derive(Clone, Debug)]
 pub struct Assets {
-    /// bzImage of the Debian 6.12 kernel.
+    /// The kernel the boot tests use: the ELF vmlinux (PVH boot, no decompressor: the faster
+    /// boot, see resources/compare.sh) when setup.sh extracted it, else the bzImage.
     pub kernel: PathBuf,
+    /// bzImage of the Debian 6.12 kernel.
+    pub bzimage: PathBuf,
+    /// The ELF vmlinux out of that bzImage (setup.sh), if present.
+    pub vmlinux: Option<PathBuf>,
     /// The demo initramfs (prints `Guest ready: ...`, then a shell on ttyS0).
     pub initramfs: PathBuf,
     /// Kernel release, e.g. `6.12.95+deb12-amd64`.
@@ -94,17 +99,20 @@ pub struct Assets {
 /// The cached guest assets, or an error telling to run setup.sh.
 pub fn try_assets() -> Result<Assets, String> {
     let guest = assets_dir().join("guest");
-    let kernel = guest.join("vmlinuz");
+    let bzimage = guest.join("vmlinuz");
+    let vmlinux = Some(guest.join("vmlinux")).filter(|p| p.is_file());
     let initramfs = guest.join("demo-initramfs.cpio.gz");
     let version = std::fs::read_to_string(guest.join("version")).unwrap_or_default();
-    if !kernel.is_file() || !initramfs.is_file() || version.trim().is_empty() {
+    if !bzimage.is_file() || !initramfs.is_file() || version.trim().is_empty() {
         return Err(format!(
             "guest assets missing in {}: run resources/setup.sh",
             guest.display()
         ));
     }
     Ok(Assets {
-        kernel,
+        kernel: vmlinux.clone().unwrap_or_else(|| bzimage.clone()),
+        bzimage,
+        vmlinux,
         initramfs,
         kernel_version: version.trim().to_string(),
     })

@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use tests::{boot_lock, boot_timeout, secs_between, standard_guest_args, try_assets, vmm_bin};
-use tests::{with_l1_retry, GuestSession, Mode};
+use tests::{assets, boot_lock, boot_timeout, secs_between, standard_guest_args, try_assets};
+use tests::{vmm_bin, with_l1_retry, GuestSession, Mode, SessionConfig};
 
 const READY: &str = "Guest ready:";
 const PROMPT: &str = "guest# ";
@@ -38,14 +38,26 @@ fn boot() -> GuestSession {
     s
 }
 
+/// The bzImage through its 64-bit entry point (after the kernel's own decompressor).
 #[test]
 fn boots_to_init() {
-    with_l1_retry(boots_to_init_once);
+    with_l1_retry(|| boots_to_init_with(assets().bzimage, "bzImage"));
 }
 
-fn boots_to_init_once() {
+/// The ELF vmlinux through its PVH entry point (the kernel the other tests boot).
+#[test]
+fn boots_to_init_pvh() {
+    let vmlinux = assets()
+        .vmlinux
+        .expect("no vmlinux in the guest assets: run resources/setup.sh (it extracts it)");
+    with_l1_retry(|| boots_to_init_with(vmlinux.clone(), "vmlinux, PVH"));
+}
+
+fn boots_to_init_with(kernel: std::path::PathBuf, what: &str) {
     let _g = boot_lock();
-    let s = GuestSession::start(&standard_guest_args());
+    let mut cfg = SessionConfig::from_env(&standard_guest_args());
+    cfg.kernel = kernel;
+    let s = GuestSession::start_with(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let ready = s
         .wait_for_line(READY, boot_timeout(s.mode()))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -55,7 +67,10 @@ fn boots_to_init_once() {
         "expected 2 CPUs: {}",
         ready.text
     );
-    println!("L2 time to init: {:.2} s", secs_between(start, ready.at));
+    println!(
+        "L2 time to init ({what}): {:.2} s",
+        secs_between(start, ready.at)
+    );
 }
 
 #[test]
@@ -156,7 +171,7 @@ fn bad_cli_arguments() {
     std::fs::write(&initrd, b"070701").unwrap();
     // a real kernel if setup.sh ran, else any file: the memory size must be rejected first
     let kernel = try_assets()
-        .map(|a| a.kernel)
+        .map(|a| a.bzimage)
         .unwrap_or_else(|_| not_bzimage.clone());
     let k = kernel.to_str().unwrap();
     let i = initrd.to_str().unwrap();

@@ -339,3 +339,18 @@ fn bad_disk_option_is_a_usage_error() {
         "error: invalid --disk 'path=x,readonly=maybe': expected path=IMG[,readonly=on|off]"
     );
 }
+
+/// An ELF file without a PVH entry note (here: this host's own `vmm` binary, a dynamic
+/// executable) is taken for a vmlinux by its magic and refused with the reason: status 1.
+#[test]
+fn elf_without_pvh_note_is_a_vmm_error() {
+    let vmm = vmm_bin();
+    let (code, line) = run(&["--kernel", vmm.to_str().unwrap(), "--serial", "off"]);
+    assert_eq!(code, VMM_ERROR, "{line}");
+    let kvm_missing = !Path::new("/dev/kvm").exists();
+    assert!(
+        line.contains("is not an ELF vmlinux the VMM can boot")
+            || (kvm_missing && line.contains("/dev/kvm")),
+        "{line}"
+    );
+}

@@ -127,7 +127,7 @@ fn harness_nested_standin() {
         attempts.set(attempts.get() + 1);
         if attempts.get() == 1 {
             let crash = write_standin("crash-l1.sh", CRASH_L1);
-            let cfg = standin_config(Mode::Nested, crash, a.kernel.clone(), a.initramfs.clone());
+            let cfg = standin_config(Mode::Nested, crash, a.bzimage.clone(), a.initramfs.clone());
             let s = GuestSession::start_with(&cfg).unwrap();
             s.wait_for("standin: crashing L1", timeout).unwrap();
             // as in a real test: a wait fails because the output ended, the session is
@@ -152,7 +152,12 @@ fn harness_nested_standin() {
             first_checked.set(true);
             panic!("L1 crashed on purpose");
         }
-        run_standin(Mode::Nested, a.kernel.clone(), a.initramfs.clone(), timeout);
+        run_standin(
+            Mode::Nested,
+            a.bzimage.clone(),
+            a.initramfs.clone(),
+            timeout,
+        );
     });
     assert!(first_checked.get(), "the checks of the L1 death failed");
     assert_eq!(

@@ -302,7 +302,8 @@ impl DeviceConfig {
                   Ctrl-A Ctrl-A sends Ctrl-A."
 )]
 pub struct Cli {
-    /// Linux kernel (bzImage).
+    /// Linux kernel: a bzImage, or an ELF vmlinux with a PVH entry note (booted directly at
+    /// its PVH entry, no decompressor); told apart by their magic numbers.
     #[arg(long, value_name = "PATH")]
     pub kernel: PathBuf,
     /// Initramfs (cpio archive, compressed or not).

@@ -7,7 +7,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuFd};
 use thiserror::Error;
 
-use crate::boot::GDT;
+use crate::boot::{BootInfo, BootProtocol, GDT, PVH_GDT};
 use crate::layout::*;
 
 /// Errors while configuring a vCPU.
@@ -300,14 +300,18 @@ fn segment(selector: u16, gdt_entry: u64) -> kvm_segment {
     }
 }
 
-/// Puts the boot vCPU in 64-bit mode at `entry` with paging on the boot page tables.
-pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<(), CpuError> {
+/// Puts the boot vCPU at the kernel's entry in the state its boot protocol expects.
+pub fn setup_boot_vcpu(vcpu: &VcpuFd, boot: &BootInfo) -> Result<(), CpuError> {
     let mut sregs = vcpu.get_sregs().map_err(cpu_err("KVM_GET_SREGS", 0))?;
-    let code = segment(0x08, GDT[1]);
-    let data = segment(0x10, GDT[2]);
-    let tss = segment(0x18, GDT[3]);
+    let gdt = match boot.protocol {
+        BootProtocol::Linux64 => &GDT,
+        BootProtocol::Pvh => &PVH_GDT,
+    };
+    let code = segment(0x08, gdt[1]);
+    let data = segment(0x10, gdt[2]);
+    let tss = segment(0x18, gdt[3]);
     sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (std::mem::size_of_val(&GDT) - 1) as u16;
+    sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
     sregs.idt.base = IDT_ADDR;
     sregs.idt.limit = 7;
     sregs.cs = code;
@@ -317,20 +321,36 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<(), CpuError> {
     sregs.gs = data;
     sregs.ss = data;
     sregs.tr = tss;
-    sregs.cr3 = PML4_ADDR;
-    sregs.cr4 |= 1 << 5; // PAE
-    sregs.cr0 |= 1 | (1 << 31); // PE | PG
-    sregs.efer |= (1 << 8) | (1 << 10); // LME | LMA
+    let regs = match boot.protocol {
+        BootProtocol::Linux64 => {
+            sregs.cr3 = PML4_ADDR;
+            sregs.cr4 |= 1 << 5; // PAE
+            sregs.cr0 |= 1 | (1 << 31); // PE | PG
+            sregs.efer |= (1 << 8) | (1 << 10); // LME | LMA
+            kvm_regs {
+                rflags: 0x2,
+                rip: boot.entry,
+                rsp: BOOT_STACK_POINTER,
+                rbp: BOOT_STACK_POINTER,
+                rsi: ZERO_PAGE_ADDR,
+                ..Default::default()
+            }
+        }
+        BootProtocol::Pvh => {
+            // 32-bit protected mode, paging off, flat segments; EBX = hvm_start_info.
+            sregs.cr0 = (sregs.cr0 | 1 | (1 << 4)) & !(1 << 31); // PE | ET, no PG
+            sregs.cr4 = 0;
+            sregs.efer = 0;
+            kvm_regs {
+                rflags: 0x2,
+                rip: boot.entry,
+                rbx: PVH_INFO_ADDR,
+                ..Default::default()
+            }
+        }
+    };
     vcpu.set_sregs(&sregs)
         .map_err(cpu_err("KVM_SET_SREGS", 0))?;
-    let regs = kvm_regs {
-        rflags: 0x2,
-        rip: entry,
-        rsp: BOOT_STACK_POINTER,
-        rbp: BOOT_STACK_POINTER,
-        rsi: ZERO_PAGE_ADDR,
-        ..Default::default()
-    };
     vcpu.set_regs(&regs).map_err(cpu_err("KVM_SET_REGS", 0))
 }
 
@@ -448,5 +468,11 @@ mod tests {
         assert_eq!(cs.limit, 0xffff_ffff);
         let ds = segment(0x10, GDT[2]);
         assert_eq!((ds.l, ds.db, ds.type_), (0, 1, 3));
+        // PVH: 32-bit flat code and data, a present busy TSS.
+        let cs = segment(8, PVH_GDT[1]);
+        assert_eq!((cs.l, cs.db, cs.present, cs.type_, cs.s), (0, 1, 1, 0xb, 1));
+        assert_eq!((cs.base, cs.limit), (0, 0xffff_ffff));
+        let tr = segment(0x18, PVH_GDT[3]);
+        assert_eq!((tr.present, tr.type_, tr.s, tr.limit), (1, 0xb, 0, 0x67));
     }
 }

@@ -16,6 +16,12 @@
 pub const GDT_ADDR: u64 = 0x500;
 /// IDT location (empty IDT).
 pub const IDT_ADDR: u64 = 0x520;
+/// PVH `hvm_start_info`.
+pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// PVH module list (the initramfs).
+pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+/// PVH memory map (up to 64 entries of 24 bytes).
+pub const PVH_MEMMAP_ADDR: u64 = 0x6080;
 /// Linux zero page (`struct boot_params`).
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
 /// Initial stack pointer of the boot vCPU.
@@ -97,6 +103,10 @@ const _: () = {
     assert!(devices::ioapic::IOAPIC_BASE + devices::ioapic::IOAPIC_SIZE <= VTD_BASE);
     assert!(VTD_BASE + VTD_SIZE <= LAPIC_START);
     assert!(PD_ADDR + 0x1000 <= CMDLINE_ADDR);
+    assert!(GDT_ADDR + 0x100 <= PVH_INFO_ADDR);
+    assert!(PVH_INFO_ADDR + 56 <= PVH_MODLIST_ADDR);
+    assert!(PVH_MODLIST_ADDR + 32 <= PVH_MEMMAP_ADDR);
+    assert!(PVH_MEMMAP_ADDR + 64 * 24 <= ZERO_PAGE_ADDR);
     assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
 };
 

@@ -60,11 +60,15 @@ fn main() -> ExitCode {
         Err(e) => return fail(2, e),
     };
     raise_fd_limit();
+    let started = std::time::Instant::now();
     let vm = match Vm::create(config) {
         Ok(vm) => vm,
         Err(e) => return fail(1, e),
     };
-    match vm.run() {
+    log::debug!("VM created in {:?}", started.elapsed());
+    let reason = vm.run();
+    log::debug!("VM ended after {:?}: {reason:?}", started.elapsed());
+    match reason {
         Ok(ExitReason::PowerOff) => ExitCode::SUCCESS,
         Ok(ExitReason::Reboot) => ExitCode::from(EXIT_REBOOT),
         Ok(ExitReason::Signal(s)) => ExitCode::from(128u8.saturating_add(s as u8)),

@@ -584,7 +584,7 @@ impl Vm {
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             cpu::configure_vcpu(&kvm, &vcpu, &base_cpuid, id, config.vcpus, extra)?;
             if id == 0 {
-                cpu::setup_boot_vcpu(&vcpu, boot_info.entry)?;
+                cpu::setup_boot_vcpu(&vcpu, &boot_info)?;
             }
             vcpus.push(vcpu);
         }
