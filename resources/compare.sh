@@ -165,7 +165,7 @@ if [ "$MODE" = direct ]; then
 else
     [ -n "$QEMU_HOST" ] || die "qemu-system-x86_64 not found: run resources/setup.sh"
     # QEMU's binary (its libraries follow through ldd) and data files go into L1.
-    flock /tmp/vmm-nested.lock bash "$HERE/nested-run.sh" --vmm "$WORK/runner.sh" \
+    bash "$HERE/nested-run.sh" --vmm "$WORK/runner.sh" \
         --kernel "$BZIMAGE" --initramfs "$IRD" \
         --file "$VMM:/bin/vmm" --file "$VMLINUX:/l2/vmlinux" \
         --file "$QEMU_HOST:/usr/bin/qemu-system-x86_64" --file "$GNU_TIME:/usr/local/bin/gnu-time" \
