@@ -199,14 +199,26 @@ fn common_rules() -> Rules {
 /// PIO/MMIO exits (interrupt delivery, new eventfds for vectors the guest enables).
 pub fn vcpu_rules() -> Rules {
     let mut r = common_rules();
+    // Masking a host-signalled vector hands its trigger to the interrupt relay's epoll.
+    allow(&mut r, &[libc::SYS_epoll_ctl]);
     allow_arg(&mut r, libc::SYS_ioctl, 1, &VCPU_IOCTLS);
     r
 }
 
-/// Device worker threads (DSA descriptor processing, the serial output writer): guest memory is mapped already, so
-/// locks, interrupt delivery and logging are all they need.
+/// Device worker threads (DSA descriptor processing, the serial output writer, the
+/// interrupt relay): guest memory is mapped already, so locks, interrupt delivery, logging
+/// and waiting on their eventfds with epoll are all they need.
 pub fn worker_rules() -> Rules {
-    common_rules()
+    let mut r = common_rules();
+    allow(
+        &mut r,
+        &[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+        ],
+    );
+    r
 }
 
 /// The main thread's control loop: epoll over the console, signals and the exit eventfd;
