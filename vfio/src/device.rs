@@ -12,7 +12,7 @@ use crate::chip::{HostIrqs, IrqMode, VfioChip, MSIX_INDEX, MSI_INDEX};
 use crate::config::{
     host_msi_info, host_msix_layout, route_read, route_write, CapPolicy, ConfigIo, ConfigLayout,
 };
-use crate::host::{Bdf, HostDevice, HostError};
+use crate::host::{Bdf, HostAccess, HostError};
 
 /// Guest memory slots for BAR areas that go straight to the device (KVM memory slots).
 pub trait MmioSlots: Send + Sync {
@@ -58,7 +58,7 @@ struct BarState {
 /// A host PCI function passed through to the guest.
 pub struct VfioPciDevice {
     name: String,
-    host: Arc<HostDevice>,
+    host: Arc<dyn HostAccess>,
     shadow: ConfigSpace,
     layout: ConfigLayout,
     msi: Option<MsiCapability>,
@@ -90,7 +90,7 @@ impl VfioPciDevice {
     /// `hierarchy`. BAR areas are mapped through `slots` when the guest places them inside
     /// one of `windows` (`(start, size)`) with decoding on.
     pub fn new(
-        host: Arc<HostDevice>,
+        host: Arc<dyn HostAccess>,
         hierarchy: &Arc<InterruptHierarchy>,
         requester: RequesterId,
         policy: MsixPolicy,
@@ -178,7 +178,7 @@ impl VfioPciDevice {
         };
         info!(
             "{name}: {}; MSI-X vectors added {}",
-            crate::host::irq_summary(&host),
+            crate::host::irq_summary(&*host),
             match mode {
                 IrqMode::Dynamic => "one at a time (dynamic)",
                 IrqMode::Reenable => "by disable and re-enable",
@@ -324,7 +324,7 @@ fn page_size() -> u64 {
 }
 
 /// Config-space access through the host device (the trait object the routing uses).
-struct HostConfig<'a>(&'a HostDevice);
+struct HostConfig<'a>(&'a dyn HostAccess);
 
 impl ConfigIo for HostConfig<'_> {
     fn read(&self, offset: usize, data: &mut [u8]) -> bool {
@@ -357,7 +357,7 @@ impl PciDevice for VfioPciDevice {
             Some(m) if m.contains(base) => m.read_dword(&self.shadow, base),
             _ => self.shadow.read_dword(base),
         };
-        route_read(&self.layout, &HostConfig(&self.host), base, dword)
+        route_read(&self.layout, &HostConfig(&*self.host), base, dword)
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
@@ -378,7 +378,7 @@ impl PciDevice for VfioPciDevice {
         if !route_write(
             &self.layout,
             &mut self.shadow,
-            &HostConfig(&host),
+            &HostConfig(&*host),
             offset,
             data,
         ) {
@@ -423,5 +423,212 @@ impl Drop for VfioPciDevice {
                 unsafe { libc::munmap(a.host.cast(), a.size as usize) };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bars::RegionInfo;
+    use crate::config::tests::host_raw;
+    use crate::fake::FakeHost;
+    use interrupt::{KvmVectorLayer, NoRemap, RecordingBackend};
+    use pci::config::command;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Slots {
+        live: Mutex<Vec<(u32, u64, u64)>>,
+        next: Mutex<u32>,
+    }
+
+    impl MmioSlots for Slots {
+        unsafe fn map(&self, gpa: u64, size: u64, _host: *mut u8) -> std::io::Result<u32> {
+            let mut n = self.next.lock().unwrap();
+            *n += 1;
+            self.live.lock().unwrap().push((*n, gpa, size));
+            Ok(*n)
+        }
+        fn unmap(&self, slot: u32) {
+            self.live.lock().unwrap().retain(|&(s, _, _)| s != slot);
+        }
+    }
+
+    struct T {
+        d: VfioPciDevice,
+        host: Arc<FakeHost>,
+        slots: Arc<Slots>,
+        _h: Arc<InterruptHierarchy>,
+    }
+
+    const BASE: u64 = 0x1_0000_0000;
+
+    fn setup(policy: MsixPolicy, dynamic: bool) -> T {
+        let regions = vec![RegionInfo {
+            size: 0x4000,
+            mmap: true,
+            ..Default::default()
+        }];
+        let host = Arc::new(FakeHost::new(host_raw(), regions, 1, 65, dynamic));
+        let h = InterruptHierarchy::new(
+            Arc::new(KvmVectorLayer::new(
+                Arc::new(RecordingBackend::default()),
+                24,
+                4096,
+            )),
+            Arc::new(NoRemap),
+        );
+        let slots = Arc::new(Slots::default());
+        let d = VfioPciDevice::new(
+            host.clone(),
+            &h,
+            RequesterId::pci(0, 3, 0),
+            policy,
+            slots.clone(),
+            vec![(0xc000_0000, 0x2000_0000), (BASE, 1 << 36)],
+        )
+        .unwrap();
+        T {
+            d,
+            host,
+            slots,
+            _h: h,
+        }
+    }
+
+    impl T {
+        fn cfg(&mut self, off: usize) -> u32 {
+            self.d.read_config(off)
+        }
+        fn place(&mut self, addr: u64) {
+            self.d.write_config(0x10, &(addr as u32 | 4).to_le_bytes());
+            self.d
+                .write_config(0x14, &((addr >> 32) as u32).to_le_bytes());
+        }
+        fn live(&self) -> Vec<(u64, u64)> {
+            self.slots
+                .live
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|&(_, g, s)| (g, s))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn guest_sees_host_identity_single_function_no_pin_and_our_bars() {
+        let mut t = setup(MsixPolicy::Auto, true);
+        assert_eq!(t.cfg(0), 0x0010_1b36);
+        assert_eq!(t.cfg(0x0c) >> 16 & 0xff, 0, "multifunction bit hidden");
+        assert_eq!(t.cfg(0x3c) >> 8 & 0xff, 0, "no INTx pin");
+        t.d.write_config(0x10, &[0xff; 4]);
+        t.d.write_config(0x14, &[0xff; 4]);
+        assert_eq!(t.cfg(0x10), 0xffff_c004);
+        assert_eq!(t.cfg(0x14), 0xffff_ffff);
+        assert!(t.host.region_writes.lock().unwrap().is_empty());
+        assert_eq!(
+            t.host.config.lock().unwrap()[0x10],
+            0x04,
+            "host BAR untouched"
+        );
+    }
+
+    #[test]
+    fn direct_areas_follow_bar_placement_and_decode() {
+        let mut t = setup(MsixPolicy::Auto, true);
+        t.place(BASE);
+        assert!(t.live().is_empty(), "decode off");
+        t.d.write_config(4, &command::MEMORY.to_le_bytes());
+        assert_eq!(t.live(), vec![(BASE, 0x2000)], "MSI-X pages trapped");
+        assert_eq!(t.host.config.lock().unwrap()[4], command::MEMORY as u8);
+        t.place(BASE + 0x10000);
+        assert_eq!(t.live(), vec![(BASE + 0x10000, 0x2000)]);
+        t.place(0xffff_c000); // outside the windows (sizing): nothing mapped
+        assert!(t.live().is_empty());
+        t.place(BASE);
+        t.d.write_config(4, &0u16.to_le_bytes());
+        assert!(t.live().is_empty());
+    }
+
+    fn enable_msix_and_unmask(t: &mut T, entry: u64) {
+        t.d.write_config(0x52, &pci::msix::control::ENABLE.to_le_bytes());
+        let e = 0x2000 + entry * 16;
+        t.d.bar_write(0, e, &0xfee0_0000u32.to_le_bytes());
+        t.d.bar_write(0, e + 8, &0x41u32.to_le_bytes());
+        t.d.bar_write(0, e + 12, &0u32.to_le_bytes());
+    }
+
+    #[test]
+    fn unmasking_an_entry_enables_that_host_vector_alone() {
+        let mut t = setup(MsixPolicy::Auto, true);
+        enable_msix_and_unmask(&mut t, 0);
+        enable_msix_and_unmask(&mut t, 7);
+        assert_eq!(
+            *t.host.calls.lock().unwrap(),
+            vec!["set 2 0 1", "set 2 7 1"]
+        );
+        let irqs = t.d.host_irqs();
+        assert_eq!(irqs.stats().msix_disables, 0);
+        assert!(irqs.enabled(MSIX_INDEX, 7));
+        // The MSI-X capability is ours: the host's control register is untouched.
+        assert_eq!(t.host.config.lock().unwrap()[0x53], 0);
+        assert_eq!(t.cfg(0x50) >> 16, 0x8040);
+    }
+
+    #[test]
+    fn noresize_host_falls_back_to_reenable_and_counts() {
+        let mut t = setup(MsixPolicy::Auto, false);
+        enable_msix_and_unmask(&mut t, 0);
+        enable_msix_and_unmask(&mut t, 1);
+        assert_eq!(
+            *t.host.calls.lock().unwrap(),
+            vec!["set 2 0 1", "disable 2", "set 2 0 2"]
+        );
+        assert_eq!(t.d.host_irqs().stats().msix_disables, 1);
+        assert_eq!(t.d.host_irqs().mode(), IrqMode::Reenable);
+    }
+
+    #[test]
+    fn msix_dynamic_is_refused_on_a_noresize_host() {
+        let regions = vec![RegionInfo {
+            size: 0x4000,
+            ..Default::default()
+        }];
+        let host = Arc::new(FakeHost::new(host_raw(), regions, 1, 65, false));
+        let h = InterruptHierarchy::new(
+            Arc::new(KvmVectorLayer::new(
+                Arc::new(RecordingBackend::default()),
+                24,
+                4096,
+            )),
+            Arc::new(NoRemap),
+        );
+        let r = VfioPciDevice::new(
+            host,
+            &h,
+            RequesterId(8),
+            MsixPolicy::Dynamic,
+            Arc::new(Slots::default()),
+            vec![],
+        );
+        assert!(matches!(r, Err(DeviceError::NoDynamic(_))));
+    }
+
+    #[test]
+    fn trapped_non_table_bytes_go_through_the_region() {
+        let mut t = setup(MsixPolicy::Auto, true);
+        t.d.bar_write(0, 0x2800, &[1, 2, 3, 4]);
+        assert_eq!(
+            *t.host.region_writes.lock().unwrap(),
+            vec![(0, 0x2800, vec![1, 2, 3, 4])]
+        );
+        let mut b = [0u8; 4];
+        t.d.bar_read(0, 0x2800, &mut b);
+        assert_eq!(b, [0x5a; 4]);
+        t.d.bar_read(0, 0x4000, &mut b);
+        assert_eq!(b, [0xff; 4], "outside the BAR");
+        t.d.bar_read(0, 0x3000, &mut b);
+        assert_eq!(b, [0; 4], "PBA is emulated");
     }
 }

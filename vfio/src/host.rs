@@ -280,6 +280,28 @@ impl Drop for Container {
     }
 }
 
+/// What a pass-through function needs from its host device: config space, BAR regions,
+/// interrupts and reset. [`HostDevice`] is VFIO's; [`crate::fake::FakeHost`] stands in for a
+/// device in tests and fuzzing.
+pub trait HostAccess: ConfigIo + IrqHost + Send + Sync {
+    /// The device's address.
+    fn bdf(&self) -> Bdf;
+    /// The 256 bytes of conventional config space.
+    fn read_config_space(&self) -> Result<[u8; 256], HostError>;
+    /// Region info of BAR `bar`.
+    fn region(&self, bar: u32) -> RegionInfo;
+    /// Reads from region `index` at `offset`; false on failure or outside the region.
+    fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> bool;
+    /// Writes to region `index` at `offset`; false on failure or outside the region.
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> bool;
+    /// Maps `size` bytes of BAR `bar` at `offset` (shared, read/write; the caller unmaps).
+    fn mmap(&self, bar: u32, offset: u64, size: u64) -> Result<*mut u8, HostError>;
+    /// Vector count of interrupt `index` and whether MSI-X can grow while enabled.
+    fn irq_info(&self, index: u32) -> (u32, bool);
+    /// Resets the device; false when it has no reset method.
+    fn reset(&self) -> bool;
+}
+
 /// An opened pass-through device.
 pub struct HostDevice {
     bdf: Bdf,
@@ -458,6 +480,33 @@ impl HostDevice {
     }
 }
 
+impl HostAccess for HostDevice {
+    fn bdf(&self) -> Bdf {
+        HostDevice::bdf(self)
+    }
+    fn read_config_space(&self) -> Result<[u8; 256], HostError> {
+        HostDevice::read_config_space(self)
+    }
+    fn region(&self, bar: u32) -> RegionInfo {
+        HostDevice::region(self, bar)
+    }
+    fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) -> bool {
+        HostDevice::region_read(self, index, offset, data)
+    }
+    fn region_write(&self, index: u32, offset: u64, data: &[u8]) -> bool {
+        HostDevice::region_write(self, index, offset, data)
+    }
+    fn mmap(&self, bar: u32, offset: u64, size: u64) -> Result<*mut u8, HostError> {
+        HostDevice::mmap(self, bar, offset, size)
+    }
+    fn irq_info(&self, index: u32) -> (u32, bool) {
+        HostDevice::irq_info(self, index)
+    }
+    fn reset(&self) -> bool {
+        HostDevice::reset(self)
+    }
+}
+
 impl IrqHost for HostDevice {
     fn set_triggers(&self, index: u32, start: u32, fds: &[RawFd]) -> io::Result<()> {
         self.set_irqs(
@@ -502,7 +551,7 @@ impl ConfigIo for HostDevice {
 }
 
 /// Both interrupt indexes, for describing the host's capabilities in logs.
-pub fn irq_summary(d: &HostDevice) -> String {
+pub fn irq_summary(d: &dyn HostAccess) -> String {
     let (msi, _) = d.irq_info(MSI_INDEX);
     let (msix, dynamic) = d.irq_info(MSIX_INDEX);
     format!(

@@ -20,8 +20,9 @@ pub mod chip;
 mod chip_glue;
 pub mod config;
 pub mod device;
+pub mod fake;
 pub mod host;
 
 pub use chip::{HostIrqStats, HostIrqs, IrqMode, VfioChip};
 pub use device::{DeviceError, MmioSlots, MsixPolicy, VfioPciDevice};
-pub use host::{preflight, Bdf, Container, HostDevice, HostError};
+pub use host::{preflight, Bdf, Container, HostAccess, HostDevice, HostError};
