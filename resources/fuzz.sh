@@ -5,7 +5,8 @@
 #
 # Targets (fuzz/fuzz_targets/, shared code in fuzz/src/): pci_msix, ioapic, vtd, dsa (device
 # models); dsa_pci (the DSA behind the PCI root: CF8/CFC, ECAM, BAR relocation, the MMIO
-# window); vtd_ioapic_dsa (VT-d remapping the IOAPIC and the DSA with IMS); vmm_config (the
+# window); vtd_ioapic_dsa (VT-d remapping the IOAPIC and the DSA with IMS); vfio_config (a
+# pass-through function on a device-less host: config space and BARs); vmm_config (the
 # command line), bzimage (the Linux loader), movdir64b (the decoder, against iced-x86).
 #
 # Installs cargo-fuzz with `cargo install` when it is missing (it stays in ~/.cargo/bin for
