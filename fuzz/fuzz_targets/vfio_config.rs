@@ -100,7 +100,12 @@ fn host_config(input: &Input) -> [u8; 256] {
         r[at + 1] = 0;
     }
     if r[at] == 0x11 {
-        let n = input.msix_vectors % 2048;
+        // Mostly small tables (each vector owns an eventfd); sometimes up to 2048.
+        let n = if input.msix_vectors & 0x8000 != 0 {
+            input.msix_vectors % 2048
+        } else {
+            input.msix_vectors % 128
+        };
         r[at + 2..at + 4].copy_from_slice(&n.to_le_bytes());
         r[at + 4..at + 8].copy_from_slice(&0x2000u32.to_le_bytes());
         r[at + 8..at + 12].copy_from_slice(&0x3000u32.to_le_bytes());
