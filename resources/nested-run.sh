@@ -260,7 +260,7 @@ if [ -f /control ] && [ -c /dev/ttyS1 ]; then
                             echo "@@FILE $l"; done >/dev/ttyS0) & ;;
                 l1) out="$(sh -c "$arg" 2>&1)"; rc=$?
                     # a fresh line first: the vmm may have left a partial one (a prompt)
-                    { echo; printf '%s\n' "$out" | sed 's/^/@@L1 /'; echo "@@L1-END $rc"; } >/dev/ttyS0 ;;
+                    { echo; [ -z "$out" ] || printf '%s\n' "$out" | sed 's/^/@@L1 /'; echo "@@L1-END $rc"; } >/dev/ttyS0 ;;
             esac
         done <&3
     ) &
