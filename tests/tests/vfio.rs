@@ -26,19 +26,24 @@ use tests::{
     with_l1_retry, GuestSession, Mode, SessionConfig, PROMPT, READY,
 };
 
-// ---- names in the vmm's hierarchy view of a pass-through device
+// ---- the vmm's hierarchy view of a pass-through device (vfio/src/chip.rs, interrupt's render):
+//   domain vfio 0000:00:01.0 00:04.0 [PCI/MSI-X] requester 00:04.0 vectors=65 chip vfio-msix
+//       vfio msix=dynamic: host SET_IRQS calls 3, host MSI-X disables 0, host type switches 0
+//     [   0] ... unmasked fires=0 delivered=0 dropped=0 trigger=kvm relayed=0 host vector enabled
 /// First line of the hierarchy dump.
 const DUMP_HEADER: &str = "interrupt hierarchy";
 /// Line after the SIGUSR1 dump.
 const USR1_END: &str = "serial output: ";
-/// Per device: host `VFIO_DEVICE_SET_IRQS` calls.
-const KEY_SET_IRQS: &str = "set_irqs";
-/// Per device: host MSI-X disables (the disable/re-enable fallback).
-const KEY_HOST_DISABLES: &str = "host_disables";
-/// Per vector: interrupts the vmm relayed in userspace.
+/// Kind of the domain whose vectors are the device's MSI-X table entries.
+const MSIX_KIND: &str = "[PCI/MSI-X]";
+/// Per device: host `VFIO_DEVICE_SET_IRQS` calls (a number follows).
+const KEY_SET_IRQS: &str = "host SET_IRQS calls";
+/// Per device: host MSI-X disables (the disable/re-enable fallback; a number follows).
+const KEY_HOST_DISABLES: &str = "host MSI-X disables";
+/// Per vector: interrupts the vmm relayed in userspace (`relayed=N`).
 const KEY_RELAYED: &str = "relayed";
-/// Per vector: the host vector is enabled.
-const HOST_ENABLED: &str = "host=enabled";
+/// Per vector: its host vector is enabled.
+const HOST_ENABLED: &str = "host vector enabled";
 
 /// L1's line naming the passed-through devices (nested-run.sh --vfio).
 const NESTED_VFIO: &str = "@@NESTED vfio ";
@@ -151,13 +156,30 @@ impl DomainDump {
     fn num(&self, key: &str) -> Option<u64> {
         self.fields.get(key).and_then(|v| v.parse().ok())
     }
+    /// The number after `key` (`key=N` or `key N`) in the domain's own lines.
     fn need(&self, key: &str) -> u64 {
-        self.num(key).unwrap_or_else(|| {
-            panic!(
-                "no numeric `{key}=` for the pass-through domain in the hierarchy view:\n    {}",
-                self.lines.join("\n    ")
-            )
-        })
+        if let Some(n) = self.num(key) {
+            return n;
+        }
+        self.lines
+            .iter()
+            .filter(|l| !l.starts_with('['))
+            .find_map(|l| {
+                let rest = l.split_once(key)?.1;
+                let digits: String = rest
+                    .trim_start_matches([' ', '=', ':'])
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                digits.parse().ok()
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no number after `{key}` for the pass-through domain in the hierarchy \
+                     view:\n    {}",
+                    self.text()
+                )
+            })
     }
     fn host_enabled(&self) -> BTreeSet<usize> {
         self.vectors
@@ -220,12 +242,12 @@ fn parse_dump(lines: &[String]) -> Vec<DomainDump> {
     domains
 }
 
-/// The pass-through domain of the device whose host BDF is `bdf` (the domain block names
+/// The MSI-X domain of the pass-through device whose host BDF is `bdf` (its header names
 /// vfio and, where there are several, the host BDF).
 fn vfio_domain(domains: &[DomainDump], bdf: &str) -> DomainDump {
     let vfio: Vec<&DomainDump> = domains
         .iter()
-        .filter(|d| d.lines.iter().any(|l| l.contains("vfio")))
+        .filter(|d| d.lines[0].contains("vfio") && d.lines[0].contains(MSIX_KIND))
         .collect();
     let pick = match vfio.as_slice() {
         [one] => Some(*one),
