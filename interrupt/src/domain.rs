@@ -10,12 +10,22 @@
 //! - a message change re-routes only that vector, in place;
 //! - a fire while masked sets pending; unmasking delivers a pending interrupt exactly once;
 //! - freeing one vector touches no other vector's route or irqfd.
+//!
+//! A domain may have an [`MsiChip`]: what Linux calls the domain's chip, the way a vector's
+//! state reaches the storage behind it. Our emulated MSI/MSI-X tables and IMS need none; a
+//! pass-through device's chip enables the host vector behind a guest vector when the guest
+//! first unmasks it. A chip that is [host-signalled](MsiChip::host_signalled) means something
+//! outside the VMM signals each vector's [trigger](DeviceDomain::trigger): while the vector is
+//! active, unmasked and routed, the trigger is KVM's irqfd; otherwise the hierarchy's relay
+//! thread watches it and applies the rules above (pending while masked, delivered once on
+//! unmask), counting each such interrupt as relayed.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use log::warn;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::hierarchy::InterruptHierarchy;
 use crate::msi::MsiMessage;
@@ -52,6 +62,49 @@ impl fmt::Display for DomainKind {
     }
 }
 
+/// An error reported by a domain's chip (the storage behind the vectors).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ChipError(Box<dyn std::error::Error + Send + Sync>);
+
+impl ChipError {
+    /// Wraps any error (or message) of the chip's implementation.
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(e.into())
+    }
+}
+
+/// How a domain's vectors reach the storage behind them (Linux: the domain's `irq_chip`).
+///
+/// Only activation and release call the chip: masking, message changes, affinity moves and
+/// remapping invalidations are handled by the domain (KVM routes, the relay) alone.
+pub trait MsiChip: Send + Sync {
+    /// Short name for the hierarchy view (`"vfio-msix"`, `"vhost"`, ...).
+    fn name(&self) -> &str;
+    /// Whether something outside the VMM's device models signals the vectors' triggers
+    /// (a host device through VFIO, a vhost worker, a device thread writing the eventfd).
+    fn host_signalled(&self) -> bool {
+        false
+    }
+    /// Vector `index` becomes active (first unmasked with a message): the storage behind it
+    /// must start signalling `trigger`.
+    fn startup(&self, _index: usize, _trigger: &EventFd) -> std::result::Result<(), ChipError> {
+        Ok(())
+    }
+    /// Vector `index` is released: the storage behind it stops signalling.
+    fn shutdown(&self, _index: usize) -> std::result::Result<(), ChipError> {
+        Ok(())
+    }
+    /// Extra text for vector `index` in the hierarchy view.
+    fn describe_vector(&self, _index: usize) -> Option<String> {
+        None
+    }
+    /// Extra text for the domain in the hierarchy view (counters of the storage behind it).
+    fn describe(&self) -> Option<String> {
+        None
+    }
+}
+
 #[derive(Default)]
 struct VectorDesc {
     message: Option<MsiMessage>,
@@ -60,9 +113,14 @@ struct VectorDesc {
     remapped: Option<RemapOutcome>,
     vector: Option<Arc<Vector>>,
     fixed_gsi: Option<Gsi>,
+    /// Host-signalled domains: the eventfd the producer signals (stable for the domain's life).
+    trigger: Option<Arc<EventFd>>,
+    /// The chip's `startup` ran for this vector (and `shutdown` has not).
+    started: bool,
     fires: u64,
     deliveries: u64,
     dropped: u64,
+    relayed: u64,
 }
 
 /// A read-only view of one vector, for the hierarchy view and tests.
@@ -86,6 +144,13 @@ pub struct VectorSnapshot {
     pub deliveries: u64,
     /// Fires that could not be delivered (no valid message, or blocked by remapping).
     pub dropped: u64,
+    /// Host-signalled vectors: signals the VMM's relay thread handled (the vector was
+    /// masked, inactive, blocked or without a GSI when its trigger was signalled).
+    pub relayed: u64,
+    /// Host-signalled vectors: whether the trigger is bound to KVM (no VMM hop).
+    pub attached: bool,
+    /// The chip's `startup` ran for this vector.
+    pub started: bool,
 }
 
 /// One device's interrupt domain.
@@ -94,10 +159,13 @@ pub struct DeviceDomain {
     kind: DomainKind,
     requester: RequesterId,
     hierarchy: Arc<InterruptHierarchy>,
+    chip: Option<Arc<dyn MsiChip>>,
+    me: Weak<DeviceDomain>,
     vectors: Mutex<Vec<VectorDesc>>,
 }
 
 impl DeviceDomain {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         hierarchy: Arc<InterruptHierarchy>,
         name: String,
@@ -105,6 +173,8 @@ impl DeviceDomain {
         requester: RequesterId,
         size: usize,
         fixed_gsi_base: Option<Gsi>,
+        chip: Option<Arc<dyn MsiChip>>,
+        me: Weak<DeviceDomain>,
     ) -> Self {
         let vectors = (0..size)
             .map(|i| VectorDesc {
@@ -118,8 +188,39 @@ impl DeviceDomain {
             kind,
             requester,
             hierarchy,
+            chip,
+            me,
             vectors: Mutex::new(vectors),
         }
+    }
+
+    /// The domain's chip, if it has one.
+    pub fn chip(&self) -> Option<&Arc<dyn MsiChip>> {
+        self.chip.as_ref()
+    }
+
+    /// Whether the vectors are signalled from outside the VMM's device models (see
+    /// [`MsiChip::host_signalled`]).
+    pub fn is_host_signalled(&self) -> bool {
+        self.chip.as_ref().is_some_and(|c| c.host_signalled())
+    }
+
+    /// The trigger of vector `index` of a host-signalled domain: the eventfd its producer
+    /// signals, one write per interrupt. It is created on first use and stays the same for
+    /// the domain's life, whatever the vector's state; KVM injects from it directly while the
+    /// vector is active and unmasked.
+    pub fn trigger(&self, index: usize) -> Result<Arc<EventFd>> {
+        if !self.is_host_signalled() {
+            return Err(Error::NotHostSignalled(self.name.clone()));
+        }
+        let mut v = self.lock();
+        let d = self.desc(&mut v, index)?;
+        self.ensure_trigger(index, d)
+    }
+
+    /// Signals the relay handled for vector `index` (0 for other domains).
+    pub fn relayed(&self, index: usize) -> u64 {
+        self.lock().get(index).map_or(0, |d| d.relayed)
     }
 
     /// Name of the domain (the device it belongs to).
@@ -167,6 +268,9 @@ impl DeviceDomain {
         if d.vector.is_some() || !d.masked {
             self.route(d)?;
         }
+        if self.is_host_signalled() {
+            self.activate_host(index, d)?;
+        }
         Ok(())
     }
 
@@ -179,20 +283,30 @@ impl DeviceDomain {
             return Ok(());
         }
         d.masked = masked;
-        if !masked {
-            if d.vector.is_none() && d.message.is_some() {
-                self.route(d)?;
-            }
-            if d.pending {
-                d.pending = false;
-                self.deliver(d);
-            }
+        if !masked && d.vector.is_none() && d.message.is_some() {
+            self.route(d)?;
+        }
+        if self.is_host_signalled() {
+            self.activate_host(index, d)?;
+        }
+        if !masked && d.pending {
+            d.pending = false;
+            self.deliver(d);
         }
         Ok(())
     }
 
-    /// Fires vector `index`: delivered now if unmasked, else remembered as pending.
+    /// Fires vector `index`: delivered now if unmasked, else remembered as pending. On a
+    /// host-signalled domain this is one write to the vector's trigger.
     pub fn fire(&self, index: usize) -> Result<()> {
+        if self.is_host_signalled() {
+            let trigger = self.trigger(index)?;
+            return trigger.write(1).map_err(|source| Error::Trigger {
+                domain: self.name.clone(),
+                index,
+                source,
+            });
+        }
         let mut v = self.lock();
         let d = self.desc(&mut v, index)?;
         d.fires += 1;
@@ -204,9 +318,19 @@ impl DeviceDomain {
         Ok(())
     }
 
-    /// Whether vector `index` has an interrupt pending.
+    /// Whether vector `index` has an interrupt pending. For a host-signalled vector whose
+    /// trigger is not bound to KVM, a signal the relay has not handled yet counts too.
     pub fn is_pending(&self, index: usize) -> bool {
-        self.lock().get(index).is_some_and(|d| d.pending)
+        let mut v = self.lock();
+        let Some(d) = v.get_mut(index) else {
+            return false;
+        };
+        if d.masked && Self::take_signals(d) {
+            d.relayed += 1;
+            d.fires += 1;
+            d.pending = true;
+        }
+        d.pending
     }
 
     /// Clears the pending bit of vector `index` without delivering.
@@ -220,18 +344,34 @@ impl DeviceDomain {
     pub fn release(&self, index: usize) -> Result<()> {
         let mut v = self.lock();
         let d = self.desc(&mut v, index)?;
-        let (fires, deliveries, dropped, fixed) = (d.fires, d.deliveries, d.dropped, d.fixed_gsi);
+        if d.started {
+            d.started = false;
+            if let Some(chip) = &self.chip {
+                chip.shutdown(index).map_err(|source| Error::Chip {
+                    domain: self.name.clone(),
+                    index,
+                    source,
+                })?;
+            }
+        }
         if let Some(vec) = d.vector.take() {
             self.hierarchy.vector_layer().free(vec)?;
         }
+        let trigger = d.trigger.take();
         *d = VectorDesc {
             masked: true,
-            fixed_gsi: fixed,
-            fires,
-            deliveries,
-            dropped,
+            fixed_gsi: d.fixed_gsi,
+            fires: d.fires,
+            deliveries: d.deliveries,
+            dropped: d.dropped,
+            relayed: d.relayed,
+            trigger,
             ..Default::default()
         };
+        if d.trigger.is_some() {
+            // Released vectors are masked: the relay keeps the trigger's signals as pending.
+            self.activate_host(index, d)?;
+        }
         Ok(())
     }
 
@@ -259,10 +399,13 @@ impl DeviceDomain {
     fn retranslate_where(&self, covers: impl Fn(&MsiMessage) -> bool) -> Result<usize> {
         let mut v = self.lock();
         let mut n = 0;
-        for d in v.iter_mut() {
+        for (index, d) in v.iter_mut().enumerate() {
             let covered = d.vector.is_some() && d.message.is_some_and(|m| covers(&m));
             if covered {
                 self.route(d)?;
+                if d.trigger.is_some() {
+                    self.activate_host(index, d)?;
+                }
                 n += 1;
             }
         }
@@ -294,6 +437,100 @@ impl DeviceDomain {
             fires: d.fires,
             deliveries: d.deliveries,
             dropped: d.dropped,
+            relayed: d.relayed,
+            attached: d.vector.as_ref().is_some_and(|v| v.is_attached()) && d.trigger.is_some(),
+            started: d.started,
+        }
+    }
+
+    /// Host-signalled vector `index`: the eventfd, created (and handed to the relay, since a
+    /// new trigger is never bound to KVM) on first use.
+    fn ensure_trigger(&self, index: usize, d: &mut VectorDesc) -> Result<Arc<EventFd>> {
+        if let Some(t) = &d.trigger {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?);
+        d.trigger = Some(t.clone());
+        self.sync_trigger(index, d)?;
+        Ok(t)
+    }
+
+    /// Host-signalled vector `index` after a state change: runs the chip's `startup` on
+    /// first activation, then binds the trigger to KVM or hands it to the relay.
+    fn activate_host(&self, index: usize, d: &mut VectorDesc) -> Result<()> {
+        let trigger = self.ensure_trigger(index, d)?;
+        if !d.started && !d.masked && d.message.is_some() {
+            if let Some(chip) = &self.chip {
+                chip.startup(index, &trigger)
+                    .map_err(|source| Error::Chip {
+                        domain: self.name.clone(),
+                        index,
+                        source,
+                    })?;
+            }
+            d.started = true;
+        }
+        self.sync_trigger(index, d)
+    }
+
+    /// Binds the trigger to KVM when the vector can take the direct path (active, unmasked,
+    /// routed), otherwise detaches it and lets the relay watch it. Signals that arrived while
+    /// detached are kept as pending, to be delivered once by the caller.
+    fn sync_trigger(&self, index: usize, d: &mut VectorDesc) -> Result<()> {
+        let Some(trigger) = d.trigger.clone() else {
+            return Ok(());
+        };
+        let layer = self.hierarchy.vector_layer();
+        let relay = self.hierarchy.relay().map_err(Error::EventFd)?;
+        let direct = !d.masked && matches!(d.remapped, Some(RemapOutcome::Deliver(_)));
+        match (&d.vector, direct) {
+            (Some(v), true) if v.is_routed() => {
+                // The route must be in KVM before the producer can inject through it.
+                layer.commit()?;
+                relay.unwatch(&trigger).map_err(Error::EventFd)?;
+                if !v.is_attached() {
+                    if Self::take_signals(d) {
+                        d.relayed += 1;
+                        d.fires += 1;
+                        d.pending = true;
+                    }
+                    layer.set_attached(v, true)?;
+                }
+            }
+            (v, _) => {
+                if let Some(v) = v {
+                    layer.set_attached(v, false)?;
+                }
+                relay
+                    .watch(&trigger, self.me.clone(), index)
+                    .map_err(Error::EventFd)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads (and so clears) the signals waiting in a detached trigger.
+    fn take_signals(d: &VectorDesc) -> bool {
+        let detached = !d.vector.as_ref().is_some_and(|v| v.is_attached());
+        match &d.trigger {
+            Some(t) if detached => t.read().is_ok_and(|n| n > 0),
+            _ => false,
+        }
+    }
+
+    /// Called by the relay thread when the detached trigger of vector `index` is signalled.
+    pub(crate) fn relay_signal(&self, index: usize) {
+        let mut v = self.lock();
+        let Some(d) = v.get_mut(index) else { return };
+        if !Self::take_signals(d) {
+            return; // attached meanwhile: KVM took it
+        }
+        d.relayed += 1;
+        d.fires += 1;
+        if d.masked {
+            d.pending = true;
+        } else {
+            self.deliver(d);
         }
     }
 
@@ -316,7 +553,12 @@ impl DeviceDomain {
             return Ok(());
         }
         if d.vector.is_none() {
-            match self.hierarchy.vector_layer().allocate(d.fixed_gsi) {
+            let layer = self.hierarchy.vector_layer();
+            let allocated = match &d.trigger {
+                Some(t) => layer.allocate_external(d.fixed_gsi, t.clone()),
+                None => layer.allocate(d.fixed_gsi),
+            };
+            match allocated {
                 Ok(v) => d.vector = Some(v),
                 Err(Error::GsiExhausted(limit)) => {
                     self.hierarchy.note_gsi_exhausted(limit);
@@ -376,7 +618,18 @@ impl DeviceDomain {
 impl Drop for DeviceDomain {
     fn drop(&mut self) {
         let layer = self.hierarchy.vector_layer().clone();
-        for d in self.lock().iter_mut() {
+        let relay = self.hierarchy.relay().ok();
+        for (index, d) in self.lock().iter_mut().enumerate() {
+            if let (Some(t), Some(r)) = (&d.trigger, &relay) {
+                let _ = r.unwatch(t);
+            }
+            if d.started {
+                if let Some(chip) = &self.chip {
+                    if let Err(e) = chip.shutdown(index) {
+                        warn!("{}: vector {index}: cannot shut down: {e}", self.name);
+                    }
+                }
+            }
             if let Some(v) = d.vector.take() {
                 if let Err(e) = layer.free(v) {
                     warn!("{}: cannot free vector: {e}", self.name);
@@ -584,5 +837,257 @@ mod tests {
         assert_eq!(h.vector_layer().stats().allocated, 1);
         drop(d);
         assert_eq!(h.vector_layer().stats().allocated, 0);
+    }
+
+    /// A chip that records startups and shutdowns (and can be told to fail startup).
+    #[derive(Default)]
+    struct RecordingChip {
+        started: Mutex<Vec<usize>>,
+        stopped: Mutex<Vec<usize>>,
+        fail_startup: std::sync::atomic::AtomicBool,
+    }
+
+    impl MsiChip for RecordingChip {
+        fn name(&self) -> &str {
+            "recording"
+        }
+        fn host_signalled(&self) -> bool {
+            true
+        }
+        fn startup(&self, index: usize, _t: &EventFd) -> std::result::Result<(), ChipError> {
+            if self.fail_startup.load(Ordering::Relaxed) {
+                return Err(ChipError::new("host refused"));
+            }
+            self.started.lock().unwrap().push(index);
+            Ok(())
+        }
+        fn shutdown(&self, index: usize) -> std::result::Result<(), ChipError> {
+            self.stopped.lock().unwrap().push(index);
+            Ok(())
+        }
+        fn describe_vector(&self, index: usize) -> Option<String> {
+            Some(format!("host={index}"))
+        }
+    }
+
+    fn host_domain(
+        max: Gsi,
+        size: usize,
+    ) -> (
+        Arc<RecordingBackend>,
+        Arc<InterruptHierarchy>,
+        Arc<RecordingChip>,
+        Arc<DeviceDomain>,
+    ) {
+        let (b, h) = setup(max);
+        let chip = Arc::new(RecordingChip::default());
+        let d = h.create_domain_with_chip(
+            "pt",
+            DomainKind::MsiX,
+            RequesterId(8),
+            size,
+            None,
+            chip.clone(),
+        );
+        (b, h, chip, d)
+    }
+
+    /// Waits (bounded) for the relay thread to have handled something.
+    fn wait_until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn counter(t: &EventFd) -> u64 {
+        t.read().unwrap_or(0)
+    }
+
+    #[test]
+    fn ordinary_domains_have_no_trigger() {
+        let (_b, h) = setup(4096);
+        let d = h.create_domain("dev", DomainKind::MsiX, RequesterId(8), 2, None);
+        assert!(matches!(d.trigger(0), Err(Error::NotHostSignalled(_))));
+        assert!(!d.is_host_signalled());
+    }
+
+    #[test]
+    fn trigger_is_stable_and_starts_on_the_relay() {
+        let (b, h, chip, d) = host_domain(4096, 4);
+        let t = d.trigger(2).unwrap();
+        assert!(Arc::ptr_eq(&t, &d.trigger(2).unwrap()));
+        assert_eq!(h.relay_watched(), 1);
+        assert!(b.irqfds.lock().unwrap().is_empty());
+        assert!(chip.started.lock().unwrap().is_empty());
+        assert!(matches!(d.trigger(4), Err(Error::IndexOutOfRange { .. })));
+    }
+
+    #[test]
+    fn first_unmask_with_message_starts_the_host_vector_and_binds_the_trigger_to_kvm() {
+        let (b, h, chip, d) = host_domain(4096, 4);
+        let t = d.trigger(1).unwrap();
+        d.set_masked(1, false).unwrap(); // no message yet: nothing to start
+        assert!(chip.started.lock().unwrap().is_empty());
+        d.set_message(1, Some(msg(0x41))).unwrap();
+        assert_eq!(*chip.started.lock().unwrap(), vec![1]);
+        let s = d.vector_snapshot(1).unwrap();
+        assert!(s.attached && s.started);
+        assert_eq!(*b.irqfds.lock().unwrap(), vec![s.gsi.unwrap()]);
+        // The route is committed before the producer can signal.
+        assert_eq!(b.committed.lock().unwrap().len(), 1);
+        assert_eq!(h.relay_watched(), 0);
+        // Masking and unmasking again never calls the chip.
+        d.set_masked(1, true).unwrap();
+        assert!(b.irqfds.lock().unwrap().is_empty());
+        assert_eq!(h.relay_watched(), 1);
+        d.set_masked(1, false).unwrap();
+        assert_eq!(*chip.started.lock().unwrap(), vec![1]);
+        assert!(d.vector_snapshot(1).unwrap().attached);
+        assert_eq!(counter(&t), 0, "nothing was pending");
+        let text = h.render();
+        assert!(text.contains("chip recording"), "{text}");
+        assert!(text.contains("trigger=kvm relayed=0 host=1"), "{text}");
+    }
+
+    #[test]
+    fn signal_while_masked_is_pending_and_delivered_once_on_unmask() {
+        let (b, _h, _chip, d) = host_domain(4096, 2);
+        let t = d.trigger(0).unwrap();
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        t.write(1).unwrap();
+        t.write(1).unwrap();
+        wait_until("the relay", || d.relayed(0) > 0);
+        assert!(d.is_pending(0));
+        d.set_masked(0, false).unwrap();
+        let s = d.vector_snapshot(0).unwrap();
+        assert!(!s.pending && s.attached);
+        assert_eq!(s.deliveries, 1);
+        // Delivered through the (now bound) trigger, once.
+        assert_eq!(counter(&t), 1);
+        assert!(b.signalled.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pending_bit_reads_see_signals_the_relay_has_not_handled_yet() {
+        let (_b, _h, _chip, d) = host_domain(4096, 1);
+        let t = d.trigger(0).unwrap();
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        // Take the relay out of the picture by reading state under the domain's lock.
+        t.write(1).unwrap();
+        // Either the relay or the read below takes the signal; pending either way.
+        wait_until("pending", || d.is_pending(0));
+        assert_eq!(d.relayed(0), 1);
+    }
+
+    #[test]
+    fn signals_after_release_are_kept_pending_for_the_next_user() {
+        let (b, _h, chip, d) = host_domain(4096, 1);
+        let t = d.trigger(0).unwrap();
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        d.set_masked(0, false).unwrap();
+        d.release(0).unwrap();
+        assert_eq!(*chip.stopped.lock().unwrap(), vec![0]);
+        assert!(b.irqfds.lock().unwrap().is_empty());
+        assert!(
+            Arc::ptr_eq(&t, &d.trigger(0).unwrap()),
+            "trigger survives release"
+        );
+        let s = d.vector_snapshot(0).unwrap();
+        assert!(s.masked && !s.started && s.gsi.is_none());
+    }
+
+    #[test]
+    fn failed_startup_is_an_error_and_retried_on_the_next_unmask() {
+        let (_b, _h, chip, d) = host_domain(4096, 1);
+        chip.fail_startup.store(true, Ordering::Relaxed);
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        let e = d.set_masked(0, false).unwrap_err();
+        assert!(e.to_string().contains("host refused"), "{e}");
+        assert!(!d.vector_snapshot(0).unwrap().started);
+        chip.fail_startup.store(false, Ordering::Relaxed);
+        d.set_masked(0, true).unwrap();
+        d.set_masked(0, false).unwrap();
+        assert!(d.vector_snapshot(0).unwrap().started);
+    }
+
+    #[test]
+    fn without_a_gsi_the_relay_delivers_through_signal_msi() {
+        let (b, _h, _chip, d) = host_domain(24, 1); // no dynamic GSI at all
+        let t = d.trigger(0).unwrap();
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        d.set_masked(0, false).unwrap();
+        assert!(!d.vector_snapshot(0).unwrap().attached);
+        t.write(1).unwrap();
+        wait_until("slow-path delivery", || {
+            !b.signalled.lock().unwrap().is_empty()
+        });
+        assert_eq!(*b.signalled.lock().unwrap(), vec![msg(0x40)]);
+        assert_eq!(d.relayed(0), 1);
+    }
+
+    #[test]
+    fn blocked_remap_detaches_and_the_relay_counts_the_drop() {
+        /// Passes messages through unless told to block.
+        #[derive(Default)]
+        struct SwitchRemap {
+            block: std::sync::atomic::AtomicBool,
+        }
+        impl crate::remap::RemapLayer for SwitchRemap {
+            fn name(&self) -> &str {
+                "switch"
+            }
+            fn remap(&self, _r: RequesterId, m: MsiMessage) -> RemapOutcome {
+                if self.block.load(Ordering::Relaxed) {
+                    RemapOutcome::Blocked
+                } else {
+                    RemapOutcome::Deliver(m)
+                }
+            }
+        }
+        let b = Arc::new(RecordingBackend::default());
+        let l = Arc::new(KvmVectorLayer::new(b.clone(), 24, 4096));
+        let remap = Arc::new(SwitchRemap::default());
+        let h = InterruptHierarchy::new(l, remap.clone());
+        let chip = Arc::new(RecordingChip::default());
+        let d = h.create_domain_with_chip("pt", DomainKind::MsiX, RequesterId(8), 1, None, chip);
+        let t = d.trigger(0).unwrap();
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        d.set_masked(0, false).unwrap();
+        assert!(d.vector_snapshot(0).unwrap().attached);
+        remap.block.store(true, Ordering::Relaxed);
+        assert_eq!(d.retranslate(RetranslateScope::All).unwrap(), 1);
+        assert!(!d.vector_snapshot(0).unwrap().attached);
+        assert!(b.irqfds.lock().unwrap().is_empty());
+        t.write(1).unwrap();
+        wait_until("the drop", || d.vector_snapshot(0).unwrap().dropped == 1);
+        remap.block.store(false, Ordering::Relaxed);
+        d.retranslate(RetranslateScope::All).unwrap();
+        assert!(d.vector_snapshot(0).unwrap().attached);
+    }
+
+    #[test]
+    fn fire_on_a_host_signalled_domain_is_one_trigger_write() {
+        let (_b, _h, _chip, d) = host_domain(4096, 1);
+        let t = d.trigger(0).unwrap();
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        d.set_masked(0, false).unwrap();
+        d.fire(0).unwrap();
+        assert_eq!(counter(&t), 1);
+    }
+
+    #[test]
+    fn dropping_a_host_domain_shuts_down_started_vectors_and_stops_watching() {
+        let (_b, h, chip, d) = host_domain(4096, 2);
+        d.trigger(1).unwrap();
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        d.set_masked(0, false).unwrap();
+        assert_eq!(h.relay_watched(), 1);
+        drop(d);
+        assert_eq!(*chip.stopped.lock().unwrap(), vec![0]);
+        assert_eq!(h.relay_watched(), 0);
     }
 }

@@ -54,4 +54,29 @@ pub enum Error {
         /// Number of vectors in the domain.
         size: usize,
     },
+    /// A domain without a host-signalled chip was asked for a trigger.
+    #[error("domain {0} is not host-signalled: its vectors have no trigger")]
+    NotHostSignalled(String),
+    /// Signalling a host-signalled vector's trigger failed.
+    #[error("{domain}: cannot signal the trigger of vector {index}: {source}")]
+    Trigger {
+        /// Domain name.
+        domain: String,
+        /// Vector index.
+        index: usize,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The domain's chip failed to start or shut down a vector.
+    #[error("{domain}: vector {index}: {source}")]
+    Chip {
+        /// Domain name.
+        domain: String,
+        /// Vector index.
+        index: usize,
+        /// The chip's error.
+        #[source]
+        source: crate::domain::ChipError,
+    },
 }

@@ -3,13 +3,14 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use log::warn;
 
-use crate::domain::{DeviceDomain, DomainKind};
+use crate::domain::{DeviceDomain, DomainKind, MsiChip};
 use crate::ratelimit::RateLimiter;
+use crate::relay::Relay;
 use crate::remap::{IrteRanges, RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
 use crate::vector::{Gsi, VectorLayer};
 use crate::warn_ratelimited;
@@ -24,6 +25,7 @@ pub struct InterruptHierarchy {
     remap: RwLock<Arc<dyn RemapLayer>>,
     domains: Mutex<Vec<Weak<DeviceDomain>>>,
     exhausted_logged: AtomicBool,
+    relay: OnceLock<Arc<Relay>>,
 }
 
 impl InterruptHierarchy {
@@ -34,6 +36,7 @@ impl InterruptHierarchy {
             remap: RwLock::new(remap),
             domains: Mutex::new(Vec::new()),
             exhausted_logged: AtomicBool::new(false),
+            relay: OnceLock::new(),
         })
     }
 
@@ -47,18 +50,70 @@ impl InterruptHierarchy {
         size: usize,
         fixed_gsi_base: Option<Gsi>,
     ) -> Arc<DeviceDomain> {
-        let d = Arc::new(DeviceDomain::new(
-            self.clone(),
-            name.to_string(),
-            kind,
-            requester,
-            size,
-            fixed_gsi_base,
-        ));
+        self.create(name, kind, requester, size, fixed_gsi_base, None)
+    }
+
+    /// Like [`create_domain`](Self::create_domain), for a domain whose vectors reach their
+    /// storage through `chip` (a pass-through device's host vectors, a vhost back-end's call
+    /// eventfds, ...).
+    pub fn create_domain_with_chip(
+        self: &Arc<Self>,
+        name: &str,
+        kind: DomainKind,
+        requester: RequesterId,
+        size: usize,
+        fixed_gsi_base: Option<Gsi>,
+        chip: Arc<dyn MsiChip>,
+    ) -> Arc<DeviceDomain> {
+        self.create(name, kind, requester, size, fixed_gsi_base, Some(chip))
+    }
+
+    fn create(
+        self: &Arc<Self>,
+        name: &str,
+        kind: DomainKind,
+        requester: RequesterId,
+        size: usize,
+        fixed_gsi_base: Option<Gsi>,
+        chip: Option<Arc<dyn MsiChip>>,
+    ) -> Arc<DeviceDomain> {
+        if chip.as_ref().is_some_and(|c| c.host_signalled()) {
+            match self.relay() {
+                Ok(r) => r.start(),
+                Err(e) => warn!("cannot create the interrupt relay: {e}"),
+            }
+        }
+        let d = Arc::new_cyclic(|me| {
+            DeviceDomain::new(
+                self.clone(),
+                name.to_string(),
+                kind,
+                requester,
+                size,
+                fixed_gsi_base,
+                chip,
+                me.clone(),
+            )
+        });
         let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
         domains.retain(|w| w.strong_count() > 0);
         domains.push(Arc::downgrade(&d));
         d
+    }
+
+    /// The relay thread's state (created with the first host-signalled trigger).
+    pub(crate) fn relay(&self) -> std::io::Result<Arc<Relay>> {
+        if let Some(r) = self.relay.get() {
+            return Ok(r.clone());
+        }
+        let r = Relay::new()?;
+        Ok(self.relay.get_or_init(|| r).clone())
+    }
+
+    /// Host-signalled triggers the relay thread watches now (their vectors are masked,
+    /// inactive, blocked or without a GSI).
+    pub fn relay_watched(&self) -> usize {
+        self.relay.get().map_or(0, |r| r.watched())
     }
 
     /// The CPU vector layer.
@@ -134,16 +189,35 @@ impl InterruptHierarchy {
         );
         let remap = self.remap_layer();
         let _ = writeln!(out, "  remap layer: {} {}", remap.name(), remap.summary());
-        for d in self.domains() {
-            let snap = d.snapshot();
+        if self.relay.get().is_some() {
             let _ = writeln!(
                 out,
-                "  domain {} [{}] requester {} vectors={}",
+                "  relay: {} host-signalled triggers watched by the VMM",
+                self.relay_watched()
+            );
+        }
+        for d in self.domains() {
+            let snap = d.snapshot();
+            let chip = match d.chip() {
+                Some(c) => {
+                    let mut t = format!(" chip {}", c.name());
+                    if let Some(more) = c.describe() {
+                        t.push(' ');
+                        t.push_str(&more);
+                    }
+                    t
+                }
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  domain {} [{}] requester {} vectors={}{chip}",
                 d.name(),
                 d.kind(),
                 d.requester(),
                 snap.len()
             );
+            let host = d.is_host_signalled();
             let mut idle = 0;
             for v in &snap {
                 if v.fires == 0 && v.gsi.is_none() {
@@ -164,9 +238,18 @@ impl InterruptHierarchy {
                     Some(RemapOutcome::Deliver(m)) => format!("-> {m}"),
                 };
                 let gsi = v.gsi.map_or("-".to_string(), |g| g.to_string());
+                let mut extra = String::new();
+                if host {
+                    let path = if v.attached { "kvm" } else { "relay" };
+                    let _ = write!(extra, " trigger={path} relayed={}", v.relayed);
+                }
+                if let Some(t) = d.chip().and_then(|c| c.describe_vector(v.index)) {
+                    extra.push(' ');
+                    extra.push_str(&t);
+                }
                 let _ = writeln!(
                     out,
-                    "    [{:4}] {msg} remap={remap} gsi={gsi} {}{} fires={} delivered={} dropped={}",
+                    "    [{:4}] {msg} remap={remap} gsi={gsi} {}{} fires={} delivered={} dropped={}{extra}",
                     v.index,
                     if v.masked { "masked" } else { "unmasked" },
                     if v.pending { " pending" } else { "" },

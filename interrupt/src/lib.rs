@@ -19,11 +19,13 @@ pub mod error;
 pub mod hierarchy;
 pub mod msi;
 pub mod ratelimit;
+mod relay;
 pub mod remap;
 pub mod vector;
 pub mod vtd;
+pub mod worker;
 
-pub use domain::{DeviceDomain, DomainKind, VectorSnapshot};
+pub use domain::{ChipError, DeviceDomain, DomainKind, MsiChip, VectorSnapshot};
 pub use error::Error;
 pub use hierarchy::InterruptHierarchy;
 pub use msi::MsiMessage;

@@ -70,7 +70,8 @@ impl RoutingBackend for VmFd {
 #[derive(Debug)]
 pub struct Vector {
     gsi: Gsi,
-    irqfd: EventFd,
+    irqfd: Arc<EventFd>,
+    attached: AtomicBool,
     routed: AtomicBool,
     fires: AtomicU64,
 }
@@ -84,6 +85,12 @@ impl Vector {
     /// The irqfd bound to the GSI (a kernel-side source may be handed a clone).
     pub fn irqfd(&self) -> &EventFd {
         &self.irqfd
+    }
+
+    /// Whether the irqfd is bound to the GSI in KVM (always, except for vectors allocated with
+    /// [`VectorLayer::allocate_external`] while detached).
+    pub fn is_attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
     }
 
     /// Whether a route is installed for this vector (otherwise fires are dropped by KVM).
@@ -117,6 +124,13 @@ pub trait VectorLayer: Send + Sync {
     /// Allocates a vector, with the given GSI (`Some`, must be below the reserved limit) or any
     /// free one. The vector starts without a route.
     fn allocate(&self, fixed: Option<Gsi>) -> Result<Arc<Vector>>;
+    /// Allocates a vector whose irqfd is `trigger`, an eventfd that something outside the VMM
+    /// signals (a host device through VFIO, a vhost worker). It starts detached: the irqfd is
+    /// bound to the GSI only by [`set_attached`](Self::set_attached).
+    fn allocate_external(&self, fixed: Option<Gsi>, trigger: Arc<EventFd>) -> Result<Arc<Vector>>;
+    /// Binds (`true`) or unbinds the vector's irqfd to its GSI. While unbound, signals stay
+    /// in the eventfd's counter.
+    fn set_attached(&self, vector: &Vector, attached: bool) -> Result<()>;
     /// Sets (`Some`) or removes (`None`) the vector's route. Takes effect at the next commit.
     fn set_route(&self, vector: &Vector, message: Option<MsiMessage>);
     /// Releases the vector: route removed, irqfd unbound, GSI returned.
@@ -235,6 +249,50 @@ impl KvmVectorLayer {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn allocate_with(
+        &self,
+        fixed: Option<Gsi>,
+        irqfd: Arc<EventFd>,
+        attach: bool,
+    ) -> Result<Arc<Vector>> {
+        let mut t = self.lock();
+        let gsi = match fixed {
+            Some(g) if g < self.reserved && !t.in_use[g as usize] => g,
+            Some(g) => return Err(Error::GsiUnavailable(g)),
+            None => {
+                if t.free.is_empty() && t.next >= self.max_gsi && !t.quarantine.is_empty() {
+                    // Only released GSIs are left: commit their route removal to reuse them.
+                    self.commit_locked(&mut t)?;
+                }
+                match t.free.pop() {
+                    Some(g) => g,
+                    None if t.next < self.max_gsi => {
+                        t.next += 1;
+                        t.next - 1
+                    }
+                    None => return Err(Error::GsiExhausted(self.max_gsi)),
+                }
+            }
+        };
+        if attach {
+            if let Err(e) = self.backend.register_irqfd(&irqfd, gsi) {
+                if gsi >= self.reserved {
+                    t.free.push(gsi);
+                }
+                return Err(e);
+            }
+        }
+        t.in_use[gsi as usize] = true;
+        t.allocated += 1;
+        Ok(Arc::new(Vector {
+            gsi,
+            irqfd,
+            attached: AtomicBool::new(attach),
+            routed: AtomicBool::new(false),
+            fires: AtomicU64::new(0),
+        }))
+    }
+
     fn commit_locked(&self, table: &mut RouteTable) -> Result<()> {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
@@ -270,40 +328,26 @@ fn msi_route(gsi: Gsi, msg: MsiMessage) -> kvm_irq_routing_entry {
 
 impl VectorLayer for KvmVectorLayer {
     fn allocate(&self, fixed: Option<Gsi>) -> Result<Arc<Vector>> {
-        let mut t = self.lock();
-        let gsi = match fixed {
-            Some(g) if g < self.reserved && !t.in_use[g as usize] => g,
-            Some(g) => return Err(Error::GsiUnavailable(g)),
-            None => {
-                if t.free.is_empty() && t.next >= self.max_gsi && !t.quarantine.is_empty() {
-                    // Only released GSIs are left: commit their route removal to reuse them.
-                    self.commit_locked(&mut t)?;
-                }
-                match t.free.pop() {
-                    Some(g) => g,
-                    None if t.next < self.max_gsi => {
-                        t.next += 1;
-                        t.next - 1
-                    }
-                    None => return Err(Error::GsiExhausted(self.max_gsi)),
-                }
-            }
-        };
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFd)?;
-        if let Err(e) = self.backend.register_irqfd(&irqfd, gsi) {
-            if gsi >= self.reserved {
-                t.free.push(gsi);
-            }
-            return Err(e);
+        self.allocate_with(fixed, Arc::new(irqfd), true)
+    }
+
+    fn allocate_external(&self, fixed: Option<Gsi>, trigger: Arc<EventFd>) -> Result<Arc<Vector>> {
+        self.allocate_with(fixed, trigger, false)
+    }
+
+    fn set_attached(&self, vector: &Vector, attached: bool) -> Result<()> {
+        let _t = self.lock();
+        if vector.attached.load(Ordering::Acquire) == attached {
+            return Ok(());
         }
-        t.in_use[gsi as usize] = true;
-        t.allocated += 1;
-        Ok(Arc::new(Vector {
-            gsi,
-            irqfd,
-            routed: AtomicBool::new(false),
-            fires: AtomicU64::new(0),
-        }))
+        if attached {
+            self.backend.register_irqfd(&vector.irqfd, vector.gsi)?;
+        } else {
+            self.backend.unregister_irqfd(&vector.irqfd, vector.gsi)?;
+        }
+        vector.attached.store(attached, Ordering::Release);
+        Ok(())
     }
 
     fn set_route(&self, vector: &Vector, message: Option<MsiMessage>) {
@@ -334,7 +378,12 @@ impl VectorLayer for KvmVectorLayer {
         let stale = t.may_be_routed_in_kvm(vector.gsi);
         // Unbinding the irqfd first means nothing can signal the GSI while its stale route
         // waits for the next commit; the GSI itself is reused only after that commit.
-        self.backend.unregister_irqfd(&vector.irqfd, vector.gsi)?;
+        if vector.attached.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.backend.unregister_irqfd(&vector.irqfd, vector.gsi) {
+                vector.attached.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
         t.in_use[vector.gsi as usize] = false;
         t.allocated -= 1;
         match (vector.gsi >= self.reserved, stale) {

@@ -453,7 +453,95 @@ fn exhausted_gsis_fall_back_to_signal_msi() {
     done(TEST, t);
 }
 
+/// A chip standing for a host producer (VFIO host vector, vhost worker): it records which
+/// vectors were started and keeps their triggers, which a "host" thread signals directly.
+#[derive(Default)]
+struct HostProducer {
+    triggers: std::sync::Mutex<Vec<(usize, Arc<vmm_sys_util::eventfd::EventFd>)>>,
+}
+
+impl interrupt::MsiChip for HostProducer {
+    fn name(&self) -> &str {
+        "test-host"
+    }
+    fn host_signalled(&self) -> bool {
+        true
+    }
+}
+
+/// 8. Host-signalled vectors against real KVM: a thread standing for the host device writes
+///    the vector's trigger; while unmasked KVM injects with no relay (relayed stays 0, the
+///    domain sees no fire); signals while masked become one pending interrupt delivered once
+///    on unmask; with no GSI left the relay delivers through KVM_SIGNAL_MSI.
+fn host_signalled_vectors_bypass_the_vmm_and_keep_pending_while_masked() {
+    const TEST: &str = "host_signalled_vectors_bypass_the_vmm_and_keep_pending_while_masked";
+    const FIRES: u64 = 100;
+    let t = Instant::now();
+    let mut g = KvmGuest::new();
+    // One dynamic GSI: vector 0 gets it, vector 1 takes the slow path.
+    let h = g.hierarchy(IOAPIC_PINS, IOAPIC_PINS + 1);
+    let chip = Arc::new(HostProducer::default());
+    let d = h.create_domain_with_chip(
+        "kvm-test-passthrough",
+        DomainKind::MsiX,
+        RequesterId::pci(0, 4, 0),
+        2,
+        None,
+        chip.clone(),
+    );
+    let t0 = d.trigger(0).unwrap();
+    let t1 = d.trigger(1).unwrap();
+    chip.triggers
+        .lock()
+        .unwrap()
+        .extend([(0, t0.clone()), (1, t1.clone())]);
+    d.set_message(0, Some(msg(0x40))).unwrap();
+    d.set_masked(0, false).unwrap();
+    d.set_message(1, Some(msg(0x41))).unwrap();
+    d.set_masked(1, false).unwrap();
+    g.start(VcpuHooks::default());
+
+    let host = {
+        let t0 = t0.clone();
+        thread::spawn(move || t0.write(1).unwrap())
+    };
+    host.join().unwrap();
+    g.wait_count(0x40, 1);
+    for i in 2..=FIRES {
+        t0.write(1).unwrap();
+        g.wait_count(0x40, i);
+    }
+    let s = d.vector_snapshot(0).unwrap();
+    assert!(s.attached, "{s:?}");
+    assert_eq!((s.relayed, s.fires), (0, 0), "KVM injected alone: {s:?}");
+
+    d.set_masked(0, true).unwrap();
+    for _ in 0..5 {
+        t0.write(1).unwrap();
+    }
+    // The relay turns the masked signals into one pending interrupt.
+    let start = Instant::now();
+    while !d.is_pending(0) {
+        assert!(start.elapsed().as_secs() < 10, "no pending bit");
+        thread::sleep(std::time::Duration::from_millis(5));
+    }
+    g.assert_counts(&[(0x40, FIRES)]);
+    d.set_masked(0, false).unwrap();
+    g.wait_count(0x40, FIRES + 1);
+
+    // Vector 1 has no GSI: its signal goes through the relay and KVM_SIGNAL_MSI.
+    t1.write(1).unwrap();
+    g.wait_count(0x41, 1);
+    g.flush();
+    g.assert_counts(&[(0x40, FIRES + 1), (0x41, 1)]);
+    let s1 = d.vector_snapshot(1).unwrap();
+    assert!(!s1.attached && s1.relayed == 1, "{s1:?}");
+    assert_eq!(h.vector_layer().stats().slow_path_signals, 1);
+    done(TEST, t);
+}
+
 tests::test_main!(
+    host_signalled_vectors_bypass_the_vmm_and_keep_pending_while_masked,
     msix_vector_delivers_every_fire,
     several_vectors_count_separately,
     masked_fires_deliver_once_on_unmask,

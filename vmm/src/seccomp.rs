@@ -20,7 +20,8 @@ use std::convert::TryInto;
 use std::sync::OnceLock;
 
 use kvm_bindings::{
-    kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events,
+    kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs, kvm_translation,
+    kvm_userspace_memory_region, kvm_vcpu_events,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -99,6 +100,30 @@ const KVM_SET_VCPU_EVENTS: u64 = kvm_ioc(IOC_W, 0xa0, std::mem::size_of::<kvm_vc
 pub const KVM_SET_GSI_ROUTING: u64 = kvm_ioc(IOC_W, 0x6a, std::mem::size_of::<kvm_irq_routing>());
 const KVM_IRQFD: u64 = kvm_ioc(IOC_W, 0x76, std::mem::size_of::<kvm_irqfd>());
 const KVM_SIGNAL_MSI: u64 = kvm_ioc(IOC_W, 0xa5, std::mem::size_of::<kvm_msi>());
+
+/// KVM_SET_USER_MEMORY_REGION (pass-through BAR areas follow the guest's BAR placement).
+const KVM_SET_USER_MEMORY_REGION: u64 = kvm_ioc(
+    IOC_W,
+    0x46,
+    std::mem::size_of::<kvm_userspace_memory_region>(),
+);
+/// `VFIO_DEVICE_GET_INFO` (`_IO(';', 107)`: the reset flag before a reset).
+const VFIO_DEVICE_GET_INFO: u64 = ((b';' as u64) << 8) | 107;
+
+/// Pass-through devices on a vCPU's config or BAR access: a host vector enabled or
+/// released as the guest unmasks or frees it, a BAR area moved.
+const VFIO_VCPU_IOCTLS: [u64; 2] = [vfio::host::VFIO_DEVICE_SET_IRQS, KVM_SET_USER_MEMORY_REGION];
+
+/// Pass-through devices at exit: host interrupts off, reset, BAR areas and DMA unmapped,
+/// groups released.
+const VFIO_EXIT_IOCTLS: [u64; 6] = [
+    vfio::host::VFIO_DEVICE_SET_IRQS,
+    vfio::host::VFIO_DEVICE_RESET,
+    VFIO_DEVICE_GET_INFO,
+    vfio::host::VFIO_IOMMU_UNMAP_DMA,
+    vfio::host::VFIO_GROUP_UNSET_CONTAINER,
+    KVM_SET_USER_MEMORY_REGION,
+];
 
 /// Terminal ioctls (raw mode on and off, isatty).
 const TTY_IOCTLS: [u64; 5] = [
@@ -199,14 +224,30 @@ fn common_rules() -> Rules {
 /// PIO/MMIO exits (interrupt delivery, new eventfds for vectors the guest enables).
 pub fn vcpu_rules() -> Rules {
     let mut r = common_rules();
+    // Masking a host-signalled vector hands its trigger to the interrupt relay's epoll.
+    allow(&mut r, &[libc::SYS_epoll_ctl]);
     allow_arg(&mut r, libc::SYS_ioctl, 1, &VCPU_IOCTLS);
+    // Pass-through devices: config space and trapped BAR parts are VFIO region reads and
+    // writes at an offset of the device fd.
+    allow(&mut r, &[libc::SYS_pread64, libc::SYS_pwrite64]);
+    allow_arg(&mut r, libc::SYS_ioctl, 1, &VFIO_VCPU_IOCTLS);
     r
 }
 
-/// Device worker threads (DSA descriptor processing, the serial output writer): guest memory is mapped already, so
-/// locks, interrupt delivery and logging are all they need.
+/// Device worker threads (DSA descriptor processing, the serial output writer, the
+/// interrupt relay): guest memory is mapped already, so locks, interrupt delivery, logging
+/// and waiting on their eventfds with epoll are all they need.
 pub fn worker_rules() -> Rules {
-    common_rules()
+    let mut r = common_rules();
+    allow(
+        &mut r,
+        &[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+        ],
+    );
+    r
 }
 
 /// The main thread's control loop: epoll over the console, signals and the exit eventfd;
@@ -224,6 +265,7 @@ pub fn main_rules() -> Rules {
             libc::SYS_fsync,
         ],
     );
+    allow_arg(&mut r, libc::SYS_ioctl, 1, &VFIO_EXIT_IOCTLS);
     r
 }
 
@@ -467,6 +509,38 @@ mod tests {
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
         assert_eq!(KVM_IRQFD, 0x4020_ae76);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+    }
+
+    #[test]
+    fn vfio_ioctl_numbers_match_linux() {
+        // From include/uapi/linux/vfio.h and kvm.h on x86-64.
+        assert_eq!(vfio::host::VFIO_DEVICE_SET_IRQS, 0x3b6e);
+        assert_eq!(vfio::host::VFIO_DEVICE_RESET, 0x3b6f);
+        assert_eq!(VFIO_DEVICE_GET_INFO, 0x3b6b);
+        assert_eq!(vfio::host::VFIO_IOMMU_UNMAP_DMA, 0x3b72);
+        assert_eq!(vfio::host::VFIO_GROUP_UNSET_CONTAINER, 0x3b69);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+    }
+
+    #[test]
+    fn pass_through_needs_set_irqs_on_vcpus_and_reset_only_at_exit() {
+        assert!(ioctl_allowed(
+            ThreadKind::Vcpu,
+            vfio::host::VFIO_DEVICE_SET_IRQS
+        ));
+        assert!(allows(ThreadKind::Vcpu, libc::SYS_pread64));
+        assert!(!ioctl_allowed(
+            ThreadKind::Vcpu,
+            vfio::host::VFIO_DEVICE_RESET
+        ));
+        assert!(ioctl_allowed(
+            ThreadKind::Main,
+            vfio::host::VFIO_DEVICE_RESET
+        ));
+        assert!(!ioctl_allowed(
+            ThreadKind::Worker,
+            vfio::host::VFIO_DEVICE_SET_IRQS
+        ));
     }
 
     #[test]

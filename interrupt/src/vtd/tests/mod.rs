@@ -364,6 +364,18 @@ impl VectorLayer for ObservingLayer {
         self.inner.allocate(fixed)
     }
 
+    fn allocate_external(
+        &self,
+        fixed: Option<Gsi>,
+        trigger: Arc<vmm_sys_util::eventfd::EventFd>,
+    ) -> crate::Result<Arc<Vector>> {
+        self.inner.allocate_external(fixed, trigger)
+    }
+
+    fn set_attached(&self, vector: &Vector, attached: bool) -> crate::Result<()> {
+        self.inner.set_attached(vector, attached)
+    }
+
     fn set_route(&self, vector: &Vector, message: Option<MsiMessage>) {
         self.inner.set_route(vector, message);
         let o = Observation::Route {
