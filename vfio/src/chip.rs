@@ -226,6 +226,7 @@ impl HostIrqs {
             self.host.set_triggers(index, v, &[trigger]).map_err(err)?;
             mine.triggers[vector] = Some(trigger);
             mine.host_count = mine.host_count.max(v + 1);
+            debug!("{}: host {kind} vector {vector} enabled alone", self.name);
             return Ok(());
         }
         // The host must be (re-)enabled with a larger count: MSI gets all its vectors at
@@ -271,6 +272,47 @@ impl HostIrqs {
             self.name
         );
         Ok(())
+    }
+
+    /// The guest enabled `index` (MSI or MSI-X): enable it on the host too, with no vector
+    /// bound (fd -1), unless the host already has it on. As QEMU does: some devices (QEMU's
+    /// NVMe among them) only signal vectors that were in use when their queue was set up,
+    /// and Linux unmasks its first vector only after that. Returns whether a call was made.
+    pub fn guest_enabled(&self, index: u32) -> Result<bool, ChipError> {
+        let (kind, count) = self.kind(index);
+        if count == 0 {
+            return Ok(false);
+        }
+        let err = |source| ChipError::SetIrqs {
+            kind,
+            index: 0,
+            source,
+        };
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let (mine, other, other_index) = if index == MSIX_INDEX {
+            (&mut s.msix, &mut s.msi, MSI_INDEX)
+        } else {
+            (&mut s.msi, &mut s.msix, MSIX_INDEX)
+        };
+        if mine.host_count > 0 {
+            return Ok(false);
+        }
+        if other.host_count > 0 {
+            s.stats.set_irqs += 1;
+            self.host.disable(other_index).map_err(err)?;
+            other.host_count = 0;
+            other.triggers.iter_mut().for_each(|t| *t = None);
+            s.stats.type_switches += 1;
+        }
+        let n = if index == MSI_INDEX { count } else { 1 };
+        s.stats.set_irqs += 1;
+        self.host
+            .set_triggers(index, 0, &vec![-1; n as usize])
+            .map_err(err)?;
+        mine.host_count = n;
+        debug!("{}: host {kind} enabled with no vector bound", self.name);
+        Ok(true)
     }
 
     /// Releases host vector `vector` of `index` (fd -1 for it alone).
@@ -489,6 +531,20 @@ pub(crate) mod tests {
                 vec!["set 2 0 [100]", "set 2 0 [-1]", "set 2 0 [100]"]
             );
             assert_eq!(irqs.stats().msix_disables, 0);
+        }
+    }
+
+    #[test]
+    fn guest_enable_turns_host_msix_on_with_no_vector_then_vectors_come_alone() {
+        for mode in [IrqMode::Dynamic, IrqMode::Reenable] {
+            let (h, irqs) = setup(mode);
+            assert!(irqs.guest_enabled(MSIX_INDEX).unwrap());
+            assert!(!irqs.guest_enabled(MSIX_INDEX).unwrap(), "already on");
+            let chip = VfioChip::new(irqs.clone(), MSIX_INDEX);
+            chip.startup(0, 100).unwrap();
+            assert_eq!(calls(&h), vec!["set 2 0 [-1]", "set 2 0 [100]"]);
+            assert_eq!(irqs.stats().msix_disables, 0);
+            assert_eq!(irqs.enabled_count(MSIX_INDEX), 1);
         }
     }
 

@@ -53,7 +53,35 @@ mod tests {
     use super::*;
     use crate::chip::tests::FakeHost;
     use crate::chip::{HostIrqs, IrqMode, MSIX_INDEX};
-    use interrupt::{KvmVectorLayer, MsiMessage, NoRemap, RecordingBackend};
+    use interrupt::{KvmVectorLayer, MsiMessage, NoRemap, RoutingBackend};
+    use kvm_bindings::kvm_irq_routing_entry;
+    use std::sync::Mutex;
+
+    /// Records which eventfd each irqfd registration binds.
+    #[derive(Default)]
+    struct FdBackend {
+        irqfd_fds: Mutex<Vec<i32>>,
+    }
+
+    impl RoutingBackend for FdBackend {
+        fn set_gsi_routing(&self, _r: &[kvm_irq_routing_entry]) -> interrupt::Result<()> {
+            Ok(())
+        }
+        fn register_irqfd(&self, fd: &EventFd, _gsi: interrupt::Gsi) -> interrupt::Result<()> {
+            self.irqfd_fds.lock().unwrap().push(fd.as_raw_fd());
+            Ok(())
+        }
+        fn unregister_irqfd(&self, fd: &EventFd, _gsi: interrupt::Gsi) -> interrupt::Result<()> {
+            self.irqfd_fds
+                .lock()
+                .unwrap()
+                .retain(|&f| f != fd.as_raw_fd());
+            Ok(())
+        }
+        fn signal_msi(&self, _m: MsiMessage) -> interrupt::Result<()> {
+            Ok(())
+        }
+    }
 
     fn msg(v: u8) -> MsiMessage {
         MsiMessage::compose(0, false, v, 0, false)
@@ -61,23 +89,25 @@ mod tests {
 
     #[test]
     fn first_unmask_with_message_starts_the_host_vector_once() {
-        let b = Arc::new(RecordingBackend::default());
+        let b = Arc::new(FdBackend::default());
         let h = InterruptHierarchy::new(
-            Arc::new(KvmVectorLayer::new(b, 24, 4096)),
+            Arc::new(KvmVectorLayer::new(b.clone(), 24, 4096)),
             Arc::new(NoRemap),
         );
         let host = Arc::new(FakeHost::default());
         let irqs = HostIrqs::new("dev", host.clone(), IrqMode::Dynamic, 0, 8);
         let chip = Arc::new(VfioChip::new(irqs.clone(), MSIX_INDEX));
         let d = create_domain(&h, "dev", DomainKind::MsiX, RequesterId(8), 8, chip);
-        let t3 = d.trigger(3).unwrap().as_raw_fd();
         d.set_message(3, Some(msg(0x43))).unwrap();
         d.set_masked(3, false).unwrap();
         // Mask, move, unmask: no host call.
         d.set_masked(3, true).unwrap();
         d.set_message(3, Some(msg(0x53))).unwrap();
         d.set_masked(3, false).unwrap();
+        let t3 = d.trigger(3).unwrap().as_raw_fd();
         assert_eq!(*host.calls.lock().unwrap(), vec![format!("set 2 3 [{t3}]")]);
+        // KVM listens to the very eventfd VFIO signals.
+        assert_eq!(*b.irqfd_fds.lock().unwrap(), vec![t3]);
         assert!(irqs.enabled(MSIX_INDEX, 3));
         d.release(3).unwrap();
         assert!(!irqs.enabled(MSIX_INDEX, 3));

@@ -274,7 +274,16 @@ impl VfioPciDevice {
             for a in &mut b.areas {
                 // SAFETY: the area stays mapped until Drop, which unmaps the slot first.
                 match unsafe { self.slots.map(base + a.offset, a.size, a.host) } {
-                    Ok(slot) => a.slot = Some(slot),
+                    Ok(slot) => {
+                        debug!(
+                            "{}: BAR{i} area {:#x}+{:#x} direct at {:#x} (slot {slot})",
+                            self.name,
+                            a.offset,
+                            a.size,
+                            base + a.offset
+                        );
+                        a.slot = Some(slot)
+                    }
                     Err(e) => warn!(
                         "{}: BAR{i} area at {:#x}: {e}; accesses are trapped instead",
                         self.name,
@@ -366,11 +375,20 @@ impl PciDevice for VfioPciDevice {
             if !self.shadow.guest_write(offset, data) {
                 return;
             }
+            // A guest enable turns the host's interrupt type on at once (no vector bound).
+            let mut enabled = None;
             if let (true, Some(m)) = (in_msi, self.msi.as_mut()) {
                 m.update(&self.shadow);
+                enabled = m.enabled().then_some(MSI_INDEX);
             }
             if let (true, Some(m)) = (in_msix, self.msix.as_mut()) {
                 m.update(&self.shadow);
+                enabled = m.enabled().then_some(MSIX_INDEX);
+            }
+            if let Some(index) = enabled {
+                if let Err(e) = self.irqs.guest_enabled(index) {
+                    warn!("{}: {e}", self.name);
+                }
             }
             return;
         }
@@ -564,9 +582,10 @@ mod tests {
         let mut t = setup(MsixPolicy::Auto, true);
         enable_msix_and_unmask(&mut t, 0);
         enable_msix_and_unmask(&mut t, 7);
+        // The guest's enable turns host MSI-X on first, with no vector bound.
         assert_eq!(
             *t.host.calls.lock().unwrap(),
-            vec!["set 2 0 1", "set 2 7 1"]
+            vec!["set 2 0 1", "set 2 0 1", "set 2 7 1"]
         );
         let irqs = t.d.host_irqs();
         assert_eq!(irqs.stats().msix_disables, 0);
@@ -583,7 +602,7 @@ mod tests {
         enable_msix_and_unmask(&mut t, 1);
         assert_eq!(
             *t.host.calls.lock().unwrap(),
-            vec!["set 2 0 1", "disable 2", "set 2 0 2"]
+            vec!["set 2 0 1", "set 2 0 1", "disable 2", "set 2 0 2"]
         );
         assert_eq!(t.d.host_irqs().stats().msix_disables, 1);
         assert_eq!(t.d.host_irqs().mode(), IrqMode::Reenable);
