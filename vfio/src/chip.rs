@@ -103,6 +103,14 @@ pub struct HostIrqStats {
     pub msix_disables: u64,
     /// Disables of one interrupt type to enable the other (MSI <-> MSI-X).
     pub type_switches: u64,
+    /// Of `set_irqs`: vectors bound to a trigger (one per activation; a vector the guest
+    /// frees and allocates again counts twice).
+    pub binds: u64,
+    /// Of `set_irqs`: vectors released (fd -1).
+    pub releases: u64,
+    /// Of `set_irqs`: the guest enabled MSI/MSI-X and the host's was turned on, no vector
+    /// bound.
+    pub enables: u64,
 }
 
 #[derive(Default)]
@@ -223,6 +231,7 @@ impl HostIrqs {
         let grow_needed = v >= mine.host_count;
         if !grow_needed || (index == MSIX_INDEX && self.mode == IrqMode::Dynamic) {
             s.stats.set_irqs += 1;
+            s.stats.binds += 1;
             self.host.set_triggers(index, v, &[trigger]).map_err(err)?;
             mine.triggers[vector] = Some(trigger);
             mine.host_count = mine.host_count.max(v + 1);
@@ -254,6 +263,7 @@ impl HostIrqs {
             .map(|t| t.unwrap_or(-1))
             .collect();
         s.stats.set_irqs += 1;
+        s.stats.binds += 1;
         if let Err(e) = self.host.set_triggers(index, 0, &fds) {
             mine.triggers.iter_mut().for_each(|t| *t = None);
             return Err(err(e));
@@ -307,6 +317,7 @@ impl HostIrqs {
         }
         let n = if index == MSI_INDEX { count } else { 1 };
         s.stats.set_irqs += 1;
+        s.stats.enables += 1;
         self.host
             .set_triggers(index, 0, &vec![-1; n as usize])
             .map_err(err)?;
@@ -332,6 +343,7 @@ impl HostIrqs {
             return Ok(());
         }
         s.stats.set_irqs += 1;
+        s.stats.releases += 1;
         self.host
             .set_triggers(index, vector as u32, &[-1])
             .map_err(|source| ChipError::SetIrqs {
@@ -368,9 +380,13 @@ impl HostIrqs {
     pub fn describe(&self) -> String {
         let s = self.stats();
         format!(
-            "vfio msix={}: host SET_IRQS calls {}, host MSI-X disables {}, host type switches {}",
+            "vfio msix={}: host SET_IRQS calls {} (enable {}, bind {}, release {}), \
+             host MSI-X disables {}, host type switches {}",
             self.mode.as_str(),
             s.set_irqs,
+            s.enables,
+            s.binds,
+            s.releases,
             s.msix_disables,
             s.type_switches
         )
@@ -543,8 +559,15 @@ pub(crate) mod tests {
             let chip = VfioChip::new(irqs.clone(), MSIX_INDEX);
             chip.startup(0, 100).unwrap();
             assert_eq!(calls(&h), vec!["set 2 0 [-1]", "set 2 0 [100]"]);
-            assert_eq!(irqs.stats().msix_disables, 0);
+            let s = irqs.stats();
+            assert_eq!(
+                (s.enables, s.binds, s.releases, s.msix_disables),
+                (1, 1, 0, 0)
+            );
             assert_eq!(irqs.enabled_count(MSIX_INDEX), 1);
+            chip.shutdown(0).unwrap();
+            assert_eq!(irqs.stats().releases, 1);
+            assert_eq!(irqs.enabled_count(MSIX_INDEX), 0);
         }
     }
 
@@ -595,9 +618,13 @@ pub(crate) mod tests {
         assert_eq!(calls(&h).last().unwrap(), "disable 2");
         assert_eq!(irqs.stats().msix_disables, 0);
         assert_eq!(irqs.enabled_count(MSIX_INDEX), 0);
-        assert!(irqs
-            .describe()
-            .contains("host SET_IRQS calls 1, host MSI-X disables 0"));
+        assert!(
+            irqs.describe().contains(
+                "host SET_IRQS calls 1 (enable 0, bind 1, release 0), host MSI-X disables 0"
+            ),
+            "{}",
+            irqs.describe()
+        );
         assert_eq!(chip.describe_vector(0), "host vector disabled");
     }
 }

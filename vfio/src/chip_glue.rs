@@ -115,7 +115,7 @@ mod tests {
         let view = h.render();
         assert!(
             view.contains(
-                "chip vfio-msix vfio msix=dynamic: host SET_IRQS calls 2, host MSI-X disables 0"
+                "chip vfio-msix vfio msix=dynamic: host SET_IRQS calls 2 (enable 0, bind 1, release 1), host MSI-X disables 0"
             ),
             "{view}"
         );
