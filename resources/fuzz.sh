@@ -10,7 +10,8 @@
 # Linux loader), movdir64b (the decoder, against iced-x86),
 # vhost_config (virtio-net and virtio-vsock configuration spaces, MAC and CID parsing);
 # virtio_pci (the virtio transport with virtio-blk), virtio_blk_queue (virtqueue processing
-# of block requests over fuzzed rings and guest memory).
+# of block requests over fuzzed rings and guest memory); vfio_config (a pass-through
+# function on a device-less host: config space and BARs).
 #
 # Installs cargo-fuzz with `cargo install` when it is missing (it stays in ~/.cargo/bin for
 # later runs). The machine has only a stable toolchain; cargo fuzz needs nightly flags

@@ -6,7 +6,7 @@
 #   nested-run.sh --vmm PATH --kernel L2_BZIMAGE --initramfs L2_INITRAMFS
 #                 [--l1-mem MiB (default 3072)] [--l1-smp N (default 2)]
 #                 [--file HOSTPATH:L1PATH]... [--env NAME=VALUE]... [--control SOCKET]
-#                 [--vhost] [--keep] -- <remaining vmm args>
+#                 [--vhost] [--vfio] [--keep] -- <remaining vmm args>
 #
 # Inside L1 this runs
 #   /vmm --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio.gz <remaining vmm args>
@@ -17,8 +17,17 @@
 # wired to L1's ttyS1; L1 reads lines from it: "signal NAME" sends SIGNAME to the vmm,
 # "follow L1PATH" copies the lines of that file to the console as "@@FILE <line>",
 # "run COMMAND" runs the shell command in the background in L1 (stdin /dev/null, output on
-# the console). --vhost also loads tun, tap, vhost, vhost_net, vsock and vhost_vsock in L1
+# the console); "l1 COMMAND..." runs it in the foreground and prints its output lines as
+# "@@L1 <line>" then "@@L1-END <status>".
+# --vhost also loads tun, tap, vhost, vhost_net, vsock and vhost_vsock in L1
 # (/dev/net/tun, /dev/vhost-net, /dev/vhost-vsock for --net and --vsock).
+# --vfio: L0 becomes q35 with an Intel vIOMMU (intremap=on,eim=on), an NVMe on a fresh 64 MiB raw
+# file and an e1000e without a network back-end; L1 boots with intel_iommu=on, loads vfio,
+# vfio_iommu_type1, vfio-pci-core, vfio-pci and binds both devices to vfio-pci, then prints
+# "@@NESTED vfio nvme=BDF nvme_group=N nic=BDF nic_group=M". Their BDFs replace @VFIO_NVME@
+# and @VFIO_NIC@ in the vmm arguments and are set as VFIO_NVME / VFIO_NIC (and
+# VFIO_NVME_GROUP / VFIO_NIC_GROUP) for the vmm; /tmp/l1-vfio-msix.log gets a line
+# "t=<L1 uptime> <host vectors>" each time the set of L1's vfio-msix interrupts changes.
 #
 # Exit status: the vmm's exit status; 120 if L1 never started the vmm (boot failure, no
 # /dev/kvm, ...); 121 if the vmm started but L1 died before reporting its exit status;
@@ -32,10 +41,10 @@ LOG_TAG=nested-run
 # shellcheck source=lib/common.sh
 . "$HERE/lib/common.sh"
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 bad() { printf '[nested-run] error: %s\n' "$*" >&2; exit 2; }
 
-VMM=""; L2_KERNEL=""; L2_INITRD=""; L1_MEM=3072; L1_SMP=2; KEEP=0; CONTROL=""; VHOST=0
+VMM=""; L2_KERNEL=""; L2_INITRD=""; L1_MEM=3072; L1_SMP=2; KEEP=0; CONTROL=""; VHOST=0; VFIO=0
 FILES=(); ENVS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -49,6 +58,7 @@ while [ $# -gt 0 ]; do
         --control) [ $# -ge 2 ] || bad "--control needs a value"; CONTROL="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --vhost) VHOST=1; shift ;;
+        --vfio) VFIO=1; shift ;;
         --) shift; break ;;
         -h|--help) usage ;;
         *) bad "unknown argument '$1' (vmm arguments go after --)" ;;
@@ -114,6 +124,17 @@ while read -r m; do
     echo "$name" >> "$ROOT/modules/order"
     i=$((i + 1))
 done < <(kvm_module_paths "$KVER"; [ "$VHOST" -eq 0 ] || vhost_module_paths "$KVER")
+if [ "$VFIO" -eq 1 ]; then
+    # loaded by /init after the kvm modules when /modules/vfio.order exists
+    : > "$ROOT/modules/vfio.order"
+    while read -r m; do
+        src="$GUEST_DIR/linux/$m"
+        [ -f "$src" ] || die "missing $src: run resources/setup.sh"
+        name="$(basename "$m" .xz)"
+        xz -dc "$src" > "$ROOT/modules/$name"
+        echo "$name" >> "$ROOT/modules/vfio.order"
+    done < <(vfio_module_paths "$KVER")
+fi
 
 # ---- vmm + its shared libraries (incl. the dynamic loader)
 cp "$VMM" "$ROOT/vmm"
@@ -181,8 +202,57 @@ done < /modules/order
 n=0
 while [ ! -c /dev/kvm ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 [ -c /dev/kvm ] || fail "/dev/kvm did not appear after loading the kvm modules (no SVM in L1 CPU?)"
+sampler=""
+if [ -f /modules/vfio.order ]; then
+    # --vfio: pass-through devices of L0 (QEMU's NVMe 1b36:0010, e1000e 8086:10d3) to vfio-pci
+    while read -r m; do
+        insmod "/modules/$m" || fail "insmod $m failed"
+    done < /modules/vfio.order
+    [ -n "$(ls /sys/class/iommu 2>/dev/null)" ] || fail "no IOMMU in L1 (intel_iommu=on on a q35 with intel-iommu expected)"
+    vfio_bind() {   # $1 = vendor:device; sets BDF and GROUP
+        BDF=""; GROUP=""
+        for d in /sys/bus/pci/devices/*; do
+            [ "$(cat "$d/vendor"):$(cat "$d/device")" = "$1" ] || continue
+            BDF="${d##*/}"
+            [ -e "$d/driver" ] && echo "$BDF" > "$d/driver/unbind"
+            echo vfio-pci > "$d/driver_override"
+            echo "$BDF" > /sys/bus/pci/drivers_probe
+            [ "$(basename "$(readlink "$d/driver")")" = vfio-pci ] || fail "$1 ($BDF) did not bind to vfio-pci"
+            GROUP="$(basename "$(readlink "$d/iommu_group")")"
+            n=0
+            while [ ! -c "/dev/vfio/$GROUP" ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
+            [ -c "/dev/vfio/$GROUP" ] || fail "/dev/vfio/$GROUP did not appear for $BDF"
+            return 0
+        done
+        fail "no PCI device $1 in L1"
+    }
+    vfio_bind 0x1b36:0x0010; VFIO_NVME="$BDF"; VFIO_NVME_GROUP="$GROUP"
+    vfio_bind 0x8086:0x10d3; VFIO_NIC="$BDF"; VFIO_NIC_GROUP="$GROUP"
+    export VFIO_NVME VFIO_NVME_GROUP VFIO_NIC VFIO_NIC_GROUP
+    echo "@@NESTED vfio nvme=$VFIO_NVME nvme_group=$VFIO_NVME_GROUP nic=$VFIO_NIC nic_group=$VFIO_NIC_GROUP"
+    # the set of L1's host vectors of passed-through devices, one line per change
+    : > /tmp/l1-vfio-msix.log
+    (
+        prev=none
+        while :; do
+            cur="$(grep -o 'vfio-msix\[[0-9]*\]([^)]*)' /proc/interrupts)"
+            if [ "$cur" != "$prev" ]; then
+                read -r up _ < /proc/uptime
+                echo "t=$up" $cur >> /tmp/l1-vfio-msix.log
+                prev="$cur"
+            fi
+            sleep 0.3
+        done
+    ) &
+    sampler=$!
+fi
 set --
-while IFS= read -r a; do set -- "$@" "$a"; done < /vmm-args
+while IFS= read -r a; do
+    case "$a" in
+        *@VFIO_*) a="$(printf '%s\n' "$a" | sed -e "s/@VFIO_NVME@/${VFIO_NVME:-}/g" -e "s/@VFIO_NIC@/${VFIO_NIC:-}/g")" ;;
+    esac
+    set -- "$@" "$a"
+done < /vmm-args
 while IFS= read -r e; do [ -n "$e" ] && export "$e"; done < /vmm-env
 watcher=""
 if [ -f /control ] && [ -c /dev/ttyS1 ]; then
@@ -197,6 +267,9 @@ if [ -f /control ] && [ -c /dev/ttyS1 ]; then
                 follow) (tail -n +1 -F "$arg" 2>/dev/null | while IFS= read -r l; do
                             echo "@@FILE $l"; done >/dev/ttyS0) & ;;
                 run) (sh -c "$arg" </dev/null >/dev/ttyS0 2>&1 &) ;;
+                l1) out="$(sh -c "$arg" 2>&1)"; rc=$?
+                    # a fresh line first: the vmm may have left a partial one (a prompt)
+                    { echo; [ -z "$out" ] || printf '%s\n' "$out" | sed 's/^/@@L1 /'; echo "@@L1-END $rc"; } >/dev/ttyS0 ;;
             esac
         done <&3
     ) &
@@ -211,6 +284,7 @@ rc=$?
 tty_after="$(stty -g </dev/ttyS0 2>/dev/null)"
 stty sane </dev/ttyS0 2>/dev/null
 [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
+[ -n "$sampler" ] && kill "$sampler" 2>/dev/null
 echo
 if [ "$tty_before" = "$tty_after" ]; then echo "@@NESTED tty restored"; else echo "@@NESTED tty changed"; fi
 echo "@@NESTED vmm-exit $rc"
@@ -225,6 +299,17 @@ fi
 (cd "$ROOT" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet --owner=0:0) \
     > "$WORK/l1-initramfs.cpio"
 
+# --vfio: devices for L1 to pass through, behind an Intel vIOMMU with interrupt remapping
+# (kernel-irqchip=split is what intremap needs under KVM; TCG ignores it; eim=on keeps L1
+# in x2APIC mode as without --vfio); no network back-end at all
+VFIO_QEMU=(); L1_APPEND=""
+if [ "$VFIO" -eq 1 ]; then
+    truncate -s 64M "$WORK/nvme.img"
+    VFIO_QEMU=(-machine q35,kernel-irqchip=split -device intel-iommu,intremap=on,eim=on
+        -drive "file=$WORK/nvme.img,if=none,id=vfionvme,format=raw"
+        -device nvme,serial=vfio-nvme,drive=vfionvme -device e1000e -nic none)
+    L1_APPEND=" intel_iommu=on"
+fi
 SERIAL_LOG="$WORK/serial.log"
 # QEMU's own record of how L1 ended: guest errors and CPU resets (a "Triple fault" line
 # and a register dump; TCG dumps only on a reset or INIT, so the file stays small: ~8 KB).
@@ -235,9 +320,9 @@ set +e
 "$QEMU" \
     -accel tcg -cpu max -smp "$L1_SMP" -m "$L1_MEM" \
     -kernel "$L1_KERNEL" -initrd "$WORK/l1-initramfs.cpio" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 panic_print=0x20 rdinit=/init" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 panic_print=0x20 rdinit=/init$L1_APPEND" \
     -chardev "stdio,id=c0,signal=off,logfile=$SERIAL_LOG" -serial chardev:c0 \
-    "${CTL_QEMU[@]+"${CTL_QEMU[@]}"}" \
+    "${CTL_QEMU[@]+"${CTL_QEMU[@]}"}" "${VFIO_QEMU[@]+"${VFIO_QEMU[@]}"}" \
     -monitor none -display none -nodefaults -no-reboot "${QEMU_DEBUG[@]}"
 qrc=$?
 set -e

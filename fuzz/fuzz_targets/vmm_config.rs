@@ -70,6 +70,12 @@ enum Word {
     Movdir64b,
     On,
     Log,
+    Vfio,
+    Host,
+    Msix,
+    Dynamic,
+    Reenable,
+    Bdf,
 }
 
 impl Word {
@@ -91,6 +97,12 @@ impl Word {
             Word::Movdir64b => "movdir64b",
             Word::On => "on",
             Word::Log => "log",
+            Word::Vfio => "vfio",
+            Word::Host => "host",
+            Word::Msix => "msix",
+            Word::Dynamic => "dynamic",
+            Word::Reenable => "reenable",
+            Word::Bdf => "0000:00:03.0",
         }
     }
 }
@@ -184,6 +196,14 @@ fn canonical(d: &DeviceConfig) -> String {
             };
             format!("dsa,wqs={wqs},engines={engines},groups={groups},ims={ims}{m}")
         }
+        DeviceConfig::Vfio { host, msix } => {
+            let m = match msix {
+                vfio::MsixPolicy::Auto => "",
+                vfio::MsixPolicy::Dynamic => ",msix=dynamic",
+                vfio::MsixPolicy::Reenable => ",msix=reenable",
+            };
+            format!("vfio,host={host}{m}")
+        }
     }
 }
 
@@ -201,6 +221,9 @@ fn check_device(spec: &str, d: &DeviceConfig) {
             if let Err(e) = cfg.validate() {
                 panic!("{spec:?} accepted as {d:?}, which the DSA rejects: {e}");
             }
+        }
+        DeviceConfig::Vfio { host, .. } => {
+            assert!(host.device < 32 && host.function < 8, "{spec:?} -> {d:?}")
         }
     }
     let again = canonical(d);

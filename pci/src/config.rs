@@ -283,19 +283,34 @@ impl ConfigSpace {
         }
     }
 
+    /// Writes a capability with ID `id`, body `body` and write mask `wmask` at `offset`
+    /// without linking it into the list (its next pointer is left as it is): for functions
+    /// whose capabilities keep offsets given by someone else (pass-through devices).
+    pub fn place_capability(
+        &mut self,
+        offset: u8,
+        id: u8,
+        body: &[u8],
+        wmask: &[u8],
+    ) -> Result<(), Error> {
+        let len = 2 + body.len();
+        let off = usize::from(offset);
+        if off < usize::from(CAPABILITIES_START) || off + len > CONFIG_SPACE_SIZE {
+            return Err(Error::CapabilitySpace { id, len });
+        }
+        self.bytes[off] = id;
+        self.set_bytes(off + 2, body);
+        self.set_wmask(off + 2, &wmask[..wmask.len().min(body.len())]);
+        Ok(())
+    }
+
     /// Appends a capability with ID `id` and body `body` (the bytes after the ID/next
     /// pointer), with guest write mask `wmask` over the body. Returns the capability offset.
     pub fn add_capability(&mut self, id: u8, body: &[u8], wmask: &[u8]) -> Result<u8, Error> {
-        let len = 2 + body.len();
         let off = self.next_cap_offset;
-        let end = usize::from(off) + len;
-        if end > CONFIG_SPACE_SIZE {
-            return Err(Error::CapabilitySpace { id, len });
-        }
-        self.bytes[usize::from(off)] = id;
+        self.place_capability(off, id, body, wmask)?;
         self.bytes[usize::from(off) + 1] = 0;
-        self.set_bytes(usize::from(off) + 2, body);
-        self.set_wmask(usize::from(off) + 2, &wmask[..wmask.len().min(body.len())]);
+        let end = usize::from(off) + 2 + body.len();
         match self.last_cap {
             None => {
                 self.bytes[reg::CAPABILITIES] = off;
@@ -443,6 +458,18 @@ mod tests {
         assert_eq!(c.u16_at(reg::STATUS) & STATUS_CAP_LIST, STATUS_CAP_LIST);
         assert_eq!(c.read_dword(0x40) & 0xffff, 0x4c05);
         assert_eq!(c.read_dword(0x4c) & 0xffff, 0x0011);
+    }
+
+    #[test]
+    fn placed_capability_keeps_its_offset_and_next_pointer() {
+        let mut c = dev();
+        c.set_bytes(0x81, &[0x90]);
+        c.place_capability(0x80, 0x11, &[1, 2], &[0xff, 0]).unwrap();
+        assert_eq!(c.read_dword(0x80), 0x0201_9011);
+        c.guest_write(0x82, &[0xaa, 0xaa]);
+        assert_eq!(c.u16_at(0x82), 0x02aa);
+        assert!(c.place_capability(0x20, 0x11, &[], &[]).is_err());
+        assert!(c.place_capability(0xfe, 0x11, &[0; 2], &[]).is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub use config::{Bar, BarKind, ConfigSpace};
 pub use device::PciDevice;
 pub use host_bridge::HostBridge;
 pub use msi::MsiCapability;
-pub use msix::MsixCapability;
+pub use msix::{MsixCapability, MsixLayout};
 
 /// Errors of the PCI layer (host-facing).
 #[derive(Debug, thiserror::Error)]

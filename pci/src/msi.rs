@@ -51,6 +51,37 @@ impl MsiCapability {
         per_vector_mask: bool,
         domain: Arc<DeviceDomain>,
     ) -> Result<Self, Error> {
+        Self::build(config, None, vectors, addr64, per_vector_mask, domain)
+    }
+
+    /// Like [`new`](Self::new), with the capability written at `offset` and left out of
+    /// the list's linking (a pass-through function keeps its host's capability offsets).
+    pub fn new_at(
+        config: &mut ConfigSpace,
+        offset: u8,
+        vectors: usize,
+        addr64: bool,
+        per_vector_mask: bool,
+        domain: Arc<DeviceDomain>,
+    ) -> Result<Self, Error> {
+        Self::build(
+            config,
+            Some(offset),
+            vectors,
+            addr64,
+            per_vector_mask,
+            domain,
+        )
+    }
+
+    fn build(
+        config: &mut ConfigSpace,
+        at: Option<u8>,
+        vectors: usize,
+        addr64: bool,
+        per_vector_mask: bool,
+        domain: Arc<DeviceDomain>,
+    ) -> Result<Self, Error> {
         if !vectors.is_power_of_two() || vectors > 32 || domain.size() < vectors {
             return Err(Error::InvalidCapability(
                 "MSI vector count must be 1, 2, 4, 8, 16 or 32",
@@ -87,7 +118,13 @@ impl MsiCapability {
             wmask.extend_from_slice(&m.to_le_bytes());
             wmask.extend_from_slice(&[0; 4]);
         }
-        let offset = usize::from(config.add_capability(MSI_CAP_ID, &body, &wmask)?);
+        let offset = usize::from(match at {
+            None => config.add_capability(MSI_CAP_ID, &body, &wmask)?,
+            Some(off) => {
+                config.place_capability(off, MSI_CAP_ID, &body, &wmask)?;
+                off
+            }
+        });
         Ok(Self {
             offset,
             vectors,

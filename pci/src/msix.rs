@@ -55,6 +55,44 @@ impl Default for Entry {
     }
 }
 
+/// Where an MSI-X table and PBA live (the capability's table size, BIRs and offsets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixLayout {
+    /// Table entries (1..=2048).
+    pub vectors: usize,
+    /// BAR holding the table.
+    pub table_bar: usize,
+    /// Offset of the table in its BAR (8-byte aligned).
+    pub table_offset: u64,
+    /// BAR holding the PBA.
+    pub pba_bar: usize,
+    /// Offset of the PBA in its BAR (8-byte aligned).
+    pub pba_offset: u64,
+}
+
+impl MsixLayout {
+    /// Decodes the capability registers: message control, table and PBA offset/BIR.
+    pub fn decode(control: u16, table: u32, pba: u32) -> Self {
+        Self {
+            vectors: usize::from(control & control::TABLE_SIZE_MASK) + 1,
+            table_bar: (table & 7) as usize,
+            table_offset: u64::from(table & !7),
+            pba_bar: (pba & 7) as usize,
+            pba_offset: u64::from(pba & !7),
+        }
+    }
+
+    /// Bytes of the table.
+    pub fn table_size(&self) -> u64 {
+        self.vectors as u64 * MSIX_ENTRY_SIZE
+    }
+
+    /// Bytes of the PBA (whole qwords).
+    pub fn pba_size(&self) -> u64 {
+        self.vectors.div_ceil(64) as u64 * 8
+    }
+}
+
 /// The MSI-X capability with its table and PBA.
 pub struct MsixCapability {
     offset: usize,
@@ -81,6 +119,40 @@ impl MsixCapability {
         pba_offset: u64,
         domain: Arc<DeviceDomain>,
     ) -> Result<Self, Error> {
+        let layout = MsixLayout {
+            vectors,
+            table_bar,
+            table_offset,
+            pba_bar,
+            pba_offset,
+        };
+        Self::build(config, None, layout, domain)
+    }
+
+    /// Like [`new`](Self::new), with the capability written at `offset` and left out of
+    /// the list's linking (a pass-through function keeps its host's capability offsets).
+    pub fn new_at(
+        config: &mut ConfigSpace,
+        offset: u8,
+        layout: MsixLayout,
+        domain: Arc<DeviceDomain>,
+    ) -> Result<Self, Error> {
+        Self::build(config, Some(offset), layout, domain)
+    }
+
+    fn build(
+        config: &mut ConfigSpace,
+        at: Option<u8>,
+        layout: MsixLayout,
+        domain: Arc<DeviceDomain>,
+    ) -> Result<Self, Error> {
+        let MsixLayout {
+            vectors,
+            table_bar,
+            table_offset,
+            pba_bar,
+            pba_offset,
+        } = layout;
         if vectors == 0 || vectors > MSIX_MAX_VECTORS || domain.size() < vectors {
             return Err(Error::InvalidCapability(
                 "MSI-X table size must be 1..=2048",
@@ -102,7 +174,13 @@ impl MsixCapability {
         body.extend_from_slice(&((pba_offset as u32) | pba_bar as u32).to_le_bytes());
         let mut wmask = vec![0u8; body.len()];
         wmask[..2].copy_from_slice(&(control::ENABLE | control::FUNCTION_MASK).to_le_bytes());
-        let offset = usize::from(config.add_capability(MSIX_CAP_ID, &body, &wmask)?);
+        let offset = usize::from(match at {
+            None => config.add_capability(MSIX_CAP_ID, &body, &wmask)?,
+            Some(off) => {
+                config.place_capability(off, MSIX_CAP_ID, &body, &wmask)?;
+                off
+            }
+        });
         Ok(Self {
             offset,
             table: vec![Entry::default(); vectors],

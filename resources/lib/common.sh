@@ -59,3 +59,11 @@ virtio_guest_module_paths() {
         "$base/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko.xz" \
         "$base/net/vmw_vsock/vmw_vsock_virtio_transport.ko.xz"
 }
+
+# The vfio-pci modules (paths as above) in load order, for an L1 that passes devices through
+# (nested-run.sh --vfio); irqbypass comes with the kvm modules.
+vfio_module_paths() {
+    local base="lib/modules/$1/kernel/drivers/vfio"
+    printf '%s\n' "$base/vfio.ko.xz" "$base/vfio_iommu_type1.ko.xz" \
+        "$base/pci/vfio-pci-core.ko.xz" "$base/pci/vfio-pci.ko.xz"
+}

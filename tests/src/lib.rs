@@ -846,6 +846,10 @@ impl GuestSession {
 
 /// Marker of a line copied from a followed file (`GuestSession::follow_file`).
 pub const FILE_LINE: &str = "@@FILE ";
+/// Marker of an output line of a command run in L1 (`GuestSession::run_in_l1`).
+pub const L1_LINE: &str = "@@L1 ";
+/// Line that ends an L1 command's output, followed by its exit status.
+const L1_END: &str = "@@L1-END ";
 
 impl GuestSession {
     /// Like `start_with`, with `env` set for the vmm and a way to signal it
@@ -1001,6 +1005,37 @@ impl GuestSession {
                 });
             }
         }
+    }
+
+    /// Nested mode, session from `start_controlled`: runs the shell command `cmd` in L1
+    /// (beside the vmm) and returns its output lines (stdout and stderr) and exit status.
+    pub fn run_in_l1(&mut self, cmd: &str, timeout: Duration) -> (Vec<String>, i32) {
+        assert_eq!(
+            self.mode,
+            Mode::Nested,
+            "run_in_l1 needs the nested harness"
+        );
+        assert!(!cmd.contains('\n'), "one line only: {cmd:?}");
+        eprintln!(
+            "[{:7.2}s] >>> (L1) {cmd}",
+            self.spawned.elapsed().as_secs_f64()
+        );
+        let from = self.lines().len();
+        self.control_line(&format!("l1 {cmd}"));
+        let end = self
+            .wait_for(L1_END, timeout)
+            .unwrap_or_else(|e| panic!("L1 command `{cmd}`: {e}"));
+        let rc = end
+            .split_once(L1_END)
+            .and_then(|(_, r)| r.trim().parse().ok())
+            .unwrap_or_else(|| panic!("L1 command `{cmd}`: no status in {end:?}"));
+        let lines = self.lines();
+        let out = lines[from.min(lines.len())..]
+            .iter()
+            .take_while(|l| !l.text.contains(L1_END))
+            .filter_map(|l| l.text.split_once(L1_LINE).map(|(_, t)| t.to_string()))
+            .collect();
+        (out, rc)
     }
 
     /// Writes raw bytes (no newline added) into the guest console, e.g. control keys.

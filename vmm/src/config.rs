@@ -28,7 +28,7 @@ pub enum ConfigError {
     #[error("--memory size {0} bytes is not a multiple of 4 KiB: rejected (not rounded); {1} bytes would be")]
     MemoryNotPageAligned(u64, u64),
     /// `--device` could not be parsed.
-    #[error("invalid --device '{0}': expected irqtest[,vectors=N,ims=N] (vectors 1..=2048, ims 0..=65536) or dsa[,wqs=N,engines=N,groups=N,ims=N,movdir64b=on|off]")]
+    #[error("invalid --device '{0}': expected irqtest[,vectors=N,ims=N] (vectors 1..=2048, ims 0..=65536), dsa[,wqs=N,engines=N,groups=N,ims=N,movdir64b=on|off] or vfio,host=DDDD:BB:DD.F[,msix=dynamic|reenable]")]
     Device(String),
     /// `--seccomp` could not be parsed.
     #[error("invalid --seccomp '{0}': expected on, log or off")]
@@ -171,6 +171,13 @@ pub enum DeviceConfig {
         /// (on) or never (off); absent: only when the VMM can emulate it to the portals.
         movdir64b: Option<bool>,
     },
+    /// A host PCI function passed through with VFIO.
+    Vfio {
+        /// Host address.
+        host: vfio::Bdf,
+        /// How host MSI-X vectors are added (`msix=`; absent: dynamic where the host allows).
+        msix: vfio::MsixPolicy,
+    },
 }
 
 /// What a syscall outside a thread's seccomp filter does (`--seccomp`).
@@ -284,6 +291,23 @@ impl DeviceConfig {
                     movdir64b,
                 })
             }
+            Some("vfio") => {
+                let (mut host, mut msix) = (None, vfio::MsixPolicy::Auto);
+                for p in parts {
+                    match p.split_once('=').ok_or_else(bad)? {
+                        ("host", v) if host.is_none() => {
+                            host = Some(v.parse::<vfio::Bdf>().map_err(|_| bad())?)
+                        }
+                        ("msix", "dynamic") => msix = vfio::MsixPolicy::Dynamic,
+                        ("msix", "reenable") => msix = vfio::MsixPolicy::Reenable,
+                        _ => return Err(bad()),
+                    }
+                }
+                Ok(DeviceConfig::Vfio {
+                    host: host.ok_or_else(bad)?,
+                    msix,
+                })
+            }
             _ => Err(bad()),
         }
     }
@@ -321,7 +345,8 @@ pub struct Cli {
     /// Serial console: tty, off or file=PATH.
     #[arg(long, default_value = "tty", value_name = "MODE")]
     pub serial: String,
-    /// Add a device: irqtest[,vectors=N,ims=N] or dsa[,wqs=N,engines=N,groups=N,ims=N] (repeatable).
+    /// Add a device: irqtest[,vectors=N,ims=N], dsa[,wqs=N,engines=N,groups=N,ims=N] or
+    /// vfio,host=DDDD:BB:DD.F[,msix=dynamic|reenable] (repeatable).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
     /// Add a virtio-blk disk over a raw image: path=IMG[,readonly=on] (repeatable).
@@ -709,12 +734,41 @@ mod tests {
             "irqtest,x=1",
             "nvme",
             "",
+            "vfio",
+            "vfio,host=00:03.0",
+            "vfio,host=0000:00:03.0,msix=sometimes",
+            "vfio,host=0000:00:03.0,host=0000:00:04.0",
+            "vfio,msix=dynamic",
         ] {
             assert!(
                 matches!(cli(&["--device", bad]), Err(ConfigError::Device(_))),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn vfio_devices_parse() {
+        let c = cli(&[
+            "--device",
+            "vfio,host=0000:00:03.0",
+            "--device",
+            "vfio,msix=reenable,host=0000:01:00.1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.devices,
+            vec![
+                DeviceConfig::Vfio {
+                    host: "0000:00:03.0".parse().unwrap(),
+                    msix: vfio::MsixPolicy::Auto
+                },
+                DeviceConfig::Vfio {
+                    host: "0000:01:00.1".parse().unwrap(),
+                    msix: vfio::MsixPolicy::Reenable
+                }
+            ]
+        );
     }
 
     #[test]

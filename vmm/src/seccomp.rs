@@ -20,7 +20,8 @@ use std::convert::TryInto;
 use std::sync::OnceLock;
 
 use kvm_bindings::{
-    kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events,
+    kvm_irq_routing, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs, kvm_translation,
+    kvm_userspace_memory_region, kvm_vcpu_events,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -108,6 +109,30 @@ const KVM_IOEVENTFD: u64 = kvm_ioc(
     0x79,
     std::mem::size_of::<kvm_bindings::kvm_ioeventfd>(),
 );
+
+/// KVM_SET_USER_MEMORY_REGION (pass-through BAR areas follow the guest's BAR placement).
+const KVM_SET_USER_MEMORY_REGION: u64 = kvm_ioc(
+    IOC_W,
+    0x46,
+    std::mem::size_of::<kvm_userspace_memory_region>(),
+);
+/// `VFIO_DEVICE_GET_INFO` (`_IO(';', 107)`: the reset flag before a reset).
+const VFIO_DEVICE_GET_INFO: u64 = ((b';' as u64) << 8) | 107;
+
+/// Pass-through devices on a vCPU's config or BAR access: a host vector enabled or
+/// released as the guest unmasks or frees it, a BAR area moved.
+const VFIO_VCPU_IOCTLS: [u64; 2] = [vfio::host::VFIO_DEVICE_SET_IRQS, KVM_SET_USER_MEMORY_REGION];
+
+/// Pass-through devices at exit: host interrupts off, reset, BAR areas and DMA unmapped,
+/// groups released.
+const VFIO_EXIT_IOCTLS: [u64; 6] = [
+    vfio::host::VFIO_DEVICE_SET_IRQS,
+    vfio::host::VFIO_DEVICE_RESET,
+    VFIO_DEVICE_GET_INFO,
+    vfio::host::VFIO_IOMMU_UNMAP_DMA,
+    vfio::host::VFIO_GROUP_UNSET_CONTAINER,
+    KVM_SET_USER_MEMORY_REGION,
+];
 
 /// Terminal ioctls (raw mode on and off, isatty).
 const TTY_IOCTLS: [u64; 5] = [
@@ -220,6 +245,10 @@ pub fn vcpu_rules() -> Rules {
         1,
         &vhost_devices::backend::activation_ioctls(),
     );
+    // Pass-through devices: config space and trapped BAR parts are VFIO region reads and
+    // writes at an offset of the device fd.
+    allow(&mut r, &[libc::SYS_pread64, libc::SYS_pwrite64]);
+    allow_arg(&mut r, libc::SYS_ioctl, 1, &VFIO_VCPU_IOCTLS);
     r
 }
 
@@ -275,6 +304,7 @@ pub fn main_rules() -> Rules {
             libc::SYS_fsync,
         ],
     );
+    allow_arg(&mut r, libc::SYS_ioctl, 1, &VFIO_EXIT_IOCTLS);
     r
 }
 
@@ -553,6 +583,38 @@ mod tests {
             assert!(ioctl_allowed(ThreadKind::Vcpu, cmd), "{cmd:#x}");
             assert!(!ioctl_allowed(ThreadKind::Worker, cmd), "{cmd:#x}");
         }
+    }
+
+    #[test]
+    fn vfio_ioctl_numbers_match_linux() {
+        // From include/uapi/linux/vfio.h and kvm.h on x86-64.
+        assert_eq!(vfio::host::VFIO_DEVICE_SET_IRQS, 0x3b6e);
+        assert_eq!(vfio::host::VFIO_DEVICE_RESET, 0x3b6f);
+        assert_eq!(VFIO_DEVICE_GET_INFO, 0x3b6b);
+        assert_eq!(vfio::host::VFIO_IOMMU_UNMAP_DMA, 0x3b72);
+        assert_eq!(vfio::host::VFIO_GROUP_UNSET_CONTAINER, 0x3b69);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+    }
+
+    #[test]
+    fn pass_through_needs_set_irqs_on_vcpus_and_reset_only_at_exit() {
+        assert!(ioctl_allowed(
+            ThreadKind::Vcpu,
+            vfio::host::VFIO_DEVICE_SET_IRQS
+        ));
+        assert!(allows(ThreadKind::Vcpu, libc::SYS_pread64));
+        assert!(!ioctl_allowed(
+            ThreadKind::Vcpu,
+            vfio::host::VFIO_DEVICE_RESET
+        ));
+        assert!(ioctl_allowed(
+            ThreadKind::Main,
+            vfio::host::VFIO_DEVICE_RESET
+        ));
+        assert!(!ioctl_allowed(
+            ThreadKind::Worker,
+            vfio::host::VFIO_DEVICE_SET_IRQS
+        ));
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub enum VmError {
     /// A `--disk` image cannot be used.
     #[error("{0}")]
     Disk(String),
+    /// A pass-through device cannot be used (one line naming it and the reason).
+    #[error("{0}")]
+    Vfio(String),
     /// The seccomp sandbox could not be set up.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -205,6 +208,10 @@ pub struct Vm {
     hierarchy: Arc<InterruptHierarchy>,
     exit: Arc<ExitSignal>,
     sandbox: Arc<Sandbox>,
+    /// Pass-through devices, reset when the VM stops.
+    vfio_devices: Vec<Arc<Mutex<vfio::VfioPciDevice>>>,
+    /// The VFIO container (guest RAM mapped for device DMA until the VM is dropped).
+    _vfio_container: Option<vfio::Container>,
     // Kept alive for the VM's lifetime.
     _vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
@@ -247,6 +254,10 @@ impl Vm {
                 max: max_vcpus,
             });
         }
+
+        // Pass-through devices are checked and opened before the VM exists: a device that
+        // cannot be used stops the VMM with nothing else set up.
+        let (vfio_container, vfio_hosts) = open_vfio_devices(&config)?;
 
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         // Only meaningful on Intel hosts; harmless to fail elsewhere.
@@ -326,6 +337,13 @@ impl Vm {
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
+
+        if let Some(c) = &vfio_container {
+            c.map_guest_memory(&mem)
+                .map_err(|e| VmError::Vfio(e.to_string()))?;
+        }
+        let mmio_slots: Arc<dyn vfio::MmioSlots> =
+            Arc::new(KvmMmioSlots::new(vm.clone(), mem.num_regions() as u32));
 
         // Interrupt hierarchy: KVM vector layer, then the remap layer (VT-d or none).
         let max_routes = kvm
@@ -440,6 +458,13 @@ impl Vm {
             .map_err(reg_err)?;
 
         // PCI.
+        let mmio64_start = pci_mmio64_start(config.memory);
+        let windows = vec![
+            (PCI_MMIO32_START, PCI_MMIO32_SIZE),
+            (mmio64_start, PCI_MMIO64_SIZE),
+        ];
+        let mut vfio_hosts = vfio_hosts.into_iter();
+        let mut vfio_devices = Vec::new();
         let mut root = PciRoot::new();
         for dev in &config.devices {
             let slot = root
@@ -451,6 +476,24 @@ impl Vm {
                     IrqTest::with_ims(&hierarchy, requester, *vectors, *ims)
                         .map_err(|e| VmError::Device(e.to_string()))?,
                 )),
+                DeviceConfig::Vfio { msix, .. } => {
+                    let host = vfio_hosts
+                        .next()
+                        .ok_or_else(|| VmError::Device("vfio device not opened".into()))?;
+                    let d = Arc::new(Mutex::new(
+                        vfio::VfioPciDevice::new(
+                            host,
+                            &hierarchy,
+                            requester,
+                            *msix,
+                            mmio_slots.clone(),
+                            windows.clone(),
+                        )
+                        .map_err(|e| VmError::Vfio(e.to_string()))?,
+                    ));
+                    vfio_devices.push(d.clone());
+                    d
+                }
                 DeviceConfig::Dsa { .. } => {
                     let cfg = dev.dsa_config().unwrap_or_default();
                     Arc::new(Mutex::new(
@@ -501,13 +544,16 @@ impl Vm {
             root.add_device(Arc::new(Mutex::new(pci)))
                 .map_err(|e| VmError::Device(e.to_string()))?;
         }
-        let mmio64_start = pci_mmio64_start(config.memory);
         let mut mmio32 = AddressAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE)
             .map_err(|e| VmError::Device(e.to_string()))?;
         let mut mmio64 = AddressAllocator::new(mmio64_start, PCI_MMIO64_SIZE)
             .map_err(|e| VmError::Device(e.to_string()))?;
         root.allocate_bars(&mut mmio32, &mut mmio64)
             .map_err(|e| VmError::Device(e.to_string()))?;
+        // Pass-through BARs: the device's own pages at the addresses just chosen.
+        for d in &vfio_devices {
+            d.lock().unwrap_or_else(|e| e.into_inner()).sync_bars();
+        }
         let root = Arc::new(root);
         // 0xCF8..0xCFF, with the byte-wide reset control register at 0xCF9 inside it.
         let cfg_io = ConfigIoWithReset {
@@ -600,6 +646,8 @@ impl Vm {
             hierarchy,
             exit,
             sandbox,
+            vfio_devices,
+            _vfio_container: vfio_container,
             _vm: vm,
             mem,
         })
@@ -683,6 +731,10 @@ impl Vm {
             }
         }
         drop(raw);
+        // Host interrupts off and the pass-through devices reset before the VMM exits.
+        for d in &self.vfio_devices {
+            d.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
+        }
         if self.config.print_interrupts {
             eprint!("{}", self.hierarchy.render());
         }
@@ -939,6 +991,92 @@ fn run_vcpu(
                 return;
             }
         }
+    }
+}
+
+/// Checks and opens the `--device vfio` functions (in command-line order) in one container.
+fn open_vfio_devices(
+    config: &VmConfig,
+) -> Result<(Option<vfio::Container>, Vec<Arc<vfio::HostDevice>>), VmError> {
+    let bdfs: Vec<vfio::Bdf> = config
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Vfio { host, .. } => Some(*host),
+            _ => None,
+        })
+        .collect();
+    if bdfs.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let err = |e: vfio::HostError| VmError::Vfio(e.to_string());
+    let sys = std::path::Path::new("/sys");
+    vfio::preflight(&bdfs, sys, std::path::Path::new("/dev")).map_err(err)?;
+    let container = vfio::Container::new().map_err(err)?;
+    let hosts = bdfs
+        .iter()
+        .map(|&b| vfio::HostDevice::open(b, &container, sys).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    Ok((Some(container), hosts))
+}
+
+/// KVM memory slots for pass-through BAR areas, numbered after guest RAM's.
+struct KvmMmioSlots {
+    vm: Arc<VmFd>,
+    /// Next never-used slot, and slots given back.
+    slots: Mutex<(u32, Vec<u32>)>,
+}
+
+impl KvmMmioSlots {
+    fn new(vm: Arc<VmFd>, first: u32) -> Self {
+        Self {
+            vm,
+            slots: Mutex::new((first, Vec::new())),
+        }
+    }
+
+    fn set(&self, slot: u32, gpa: u64, size: u64, host: u64) -> Result<(), kvm_ioctls::Error> {
+        let r = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+            flags: 0,
+        };
+        // SAFETY: `host..host + size` is a device mapping the caller keeps until it removes
+        // the slot (size 0), see `MmioSlots::map`.
+        unsafe { self.vm.set_user_memory_region(r) }
+    }
+}
+
+impl vfio::MmioSlots for KvmMmioSlots {
+    unsafe fn map(&self, gpa: u64, size: u64, host: *mut u8) -> std::io::Result<u32> {
+        let mut g = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match g.1.pop() {
+            Some(s) => s,
+            None => {
+                g.0 += 1;
+                g.0 - 1
+            }
+        };
+        if let Err(e) = self.set(slot, gpa, size, host as u64) {
+            g.1.push(slot);
+            return Err(std::io::Error::from_raw_os_error(e.errno()));
+        }
+        Ok(slot)
+    }
+
+    fn unmap(&self, slot: u32) {
+        if let Err(e) = self.set(slot, 0, 0, 0) {
+            warn!("removing memory slot {slot}: {e}");
+            return;
+        }
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .push(slot);
     }
 }
 
