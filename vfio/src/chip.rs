@@ -273,6 +273,36 @@ impl HostIrqs {
         Ok(())
     }
 
+    /// The guest set MSI-X Enable: the host device enters MSI-X mode as well, with host
+    /// vector 0 allocated but bound to no trigger (fd -1), as QEMU does. A device may look
+    /// at its MSI-X Enable bit before any entry is unmasked: Linux enables MSI-X with every
+    /// entry masked, sets the device up, and unmasks in `request_irq`; QEMU's NVMe, for one,
+    /// arms a completion queue's vector only if MSI-X is enabled when the queue is created.
+    /// Nothing happens when the host already has MSI-X vectors.
+    pub fn msix_enable(&self) -> Result<(), ChipError> {
+        let err = |source| ChipError::SetIrqs {
+            kind: "MSI-X",
+            index: 0,
+            source,
+        };
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if s.msix.host_count > 0 || self.msix_count == 0 {
+            return Ok(());
+        }
+        if s.msi.host_count > 0 {
+            s.stats.set_irqs += 1;
+            self.host.disable(MSI_INDEX).map_err(err)?;
+            s.msi.host_count = 0;
+            s.msi.triggers.iter_mut().for_each(|t| *t = None);
+            s.stats.type_switches += 1;
+        }
+        s.stats.set_irqs += 1;
+        self.host.set_triggers(MSIX_INDEX, 0, &[-1]).map_err(err)?;
+        s.msix.host_count = 1;
+        Ok(())
+    }
+
     /// Releases host vector `vector` of `index` (fd -1 for it alone).
     pub fn shutdown(&self, index: u32, vector: usize) -> Result<(), ChipError> {
         let (kind, _) = self.kind(index);

@@ -371,6 +371,11 @@ impl PciDevice for VfioPciDevice {
             }
             if let (true, Some(m)) = (in_msix, self.msix.as_mut()) {
                 m.update(&self.shadow);
+                if m.enabled() {
+                    if let Err(e) = self.irqs.msix_enable() {
+                        warn!("{}: enabling host MSI-X: {e}", self.host.bdf());
+                    }
+                }
             }
             return;
         }
@@ -566,7 +571,8 @@ mod tests {
         enable_msix_and_unmask(&mut t, 7);
         assert_eq!(
             *t.host.calls.lock().unwrap(),
-            vec!["set 2 0 1", "set 2 7 1"]
+            // MSI-X enable (vector 0 without a trigger), then vector 0, then vector 7
+            vec!["set 2 0 1", "set 2 0 1", "set 2 7 1"]
         );
         let irqs = t.d.host_irqs();
         assert_eq!(irqs.stats().msix_disables, 0);
@@ -577,13 +583,24 @@ mod tests {
     }
 
     #[test]
+    fn guest_msix_enable_enables_host_msix_before_any_unmask() {
+        let mut t = setup(MsixPolicy::Auto, true);
+        t.d.write_config(0x52, &pci::msix::control::ENABLE.to_le_bytes());
+        assert_eq!(*t.host.calls.lock().unwrap(), vec!["set 2 0 1"]);
+        assert!(!t.d.host_irqs().enabled(MSIX_INDEX, 0), "no trigger yet");
+        // enabling again (e.g. a function-mask write) calls nothing
+        t.d.write_config(0x52, &pci::msix::control::ENABLE.to_le_bytes());
+        assert_eq!(t.host.calls.lock().unwrap().len(), 1);
+    }
+
+    #[test]
     fn noresize_host_falls_back_to_reenable_and_counts() {
         let mut t = setup(MsixPolicy::Auto, false);
         enable_msix_and_unmask(&mut t, 0);
         enable_msix_and_unmask(&mut t, 1);
         assert_eq!(
             *t.host.calls.lock().unwrap(),
-            vec!["set 2 0 1", "disable 2", "set 2 0 2"]
+            vec!["set 2 0 1", "set 2 0 1", "disable 2", "set 2 0 2"]
         );
         assert_eq!(t.d.host_irqs().stats().msix_disables, 1);
         assert_eq!(t.d.host_irqs().mode(), IrqMode::Reenable);
