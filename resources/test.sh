@@ -39,6 +39,7 @@ cargo build --release -p vmm
 step "guest test modules and initramfs images"
 bash "$HERE/guest-module/build.sh"
 bash "$HERE/test-initramfs.sh"
+bash "$HERE/vfio-initramfs.sh"
 bash "$HERE/dsa-module/build.sh"
 bash "$HERE/dsa-module/initramfs.sh"
 if [ -f "$HERE/dsa-initramfs.sh" ]; then
