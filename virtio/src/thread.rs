@@ -1,21 +1,17 @@
-//! A hook every virtio worker thread runs when it starts, before it touches guest memory:
-//! the VMM uses it to confine the thread with its seccomp filter.
+//! The hook every virtio queue worker runs when it starts, before it touches guest memory:
+//! the VMM uses it to confine the thread with the block workers' seccomp filter.
 
-use std::sync::OnceLock;
+use interrupt::worker::StartHook;
+pub use interrupt::worker::ThreadStartHook;
 
-/// Called with the worker thread's name, on that thread.
-pub type ThreadStartHook = Box<dyn Fn(&str) + Send + Sync>;
-
-static HOOK: OnceLock<ThreadStartHook> = OnceLock::new();
+static BLOCK_WORKERS: StartHook = StartHook::new();
 
 /// Sets the process-wide hook; returns false if one was already set (it is kept).
 pub fn set_thread_start_hook(hook: ThreadStartHook) -> bool {
-    HOOK.set(hook).is_ok()
+    BLOCK_WORKERS.set(hook)
 }
 
 /// Runs the hook (if any) on the calling worker thread.
 pub fn thread_started(name: &str) {
-    if let Some(hook) = HOOK.get() {
-        hook(name);
-    }
+    BLOCK_WORKERS.run(name)
 }
