@@ -86,10 +86,13 @@ struct State {
 }
 
 /// Told when the guest EOIs a level-triggered pin (a pass-through device's INTx: the EOI
-/// deasserts the line and unmasks the host interrupt).
+/// deasserts the line and unmasks the host interrupt) and when it masks or unmasks the pin.
+/// Called with no IOAPIC lock held: a listener may drive the pin's line.
 pub trait EoiListener: Send + Sync {
     /// The guest ended the interrupt of level pin `pin` (its remote IRR is clear).
     fn end_of_interrupt(&self, pin: usize);
+    /// The guest masked (`masked`) or unmasked pin `pin`'s redirection entry.
+    fn mask_changed(&self, _pin: usize, _masked: bool) {}
 }
 
 /// A userspace IOAPIC whose pins are delivered through the interrupt hierarchy.
@@ -264,7 +267,8 @@ impl Ioapic {
         m
     }
 
-    fn write_rte(&self, s: &mut State, pin: usize, value: u64) {
+    /// Writes entry `pin`; returns whether its mask bit changed.
+    fn write_rte(&self, s: &mut State, pin: usize, value: u64) -> bool {
         let old = s.rtes[pin];
         let mut new = (old & !rte::WRITABLE) | (value & rte::WRITABLE);
         if new & rte::LEVEL == 0 {
@@ -284,6 +288,7 @@ impl Ioapic {
         if !masked && new & rte::LEVEL != 0 && s.lines[pin] {
             self.try_deliver_level(s, pin);
         }
+        (old ^ new) & rte::MASKED != 0
     }
 
     fn read_register(&self, s: &State) -> u32 {
@@ -303,9 +308,12 @@ impl Ioapic {
         }
     }
 
-    fn write_register(&self, s: &mut State, value: u32) {
+    /// Writes the selected register; returns `(pin, masked)` when an entry's mask changed.
+    fn write_register(&self, s: &mut State, value: u32) -> Option<(usize, bool)> {
         match s.ioregsel {
-            REG_ID => s.id = ((value >> 24) & 0xf) as u8,
+            REG_ID => {
+                s.id = ((value >> 24) & 0xf) as u8;
+            }
             r if (REG_REDTBL..REG_REDTBL + 2 * NUM_PINS as u32).contains(&r) => {
                 let pin = ((r - REG_REDTBL) / 2) as usize;
                 let old = s.rtes[pin];
@@ -314,10 +322,13 @@ impl Ioapic {
                 } else {
                     (old & 0xffff_ffff) | (u64::from(value) << 32)
                 };
-                self.write_rte(s, pin, new);
+                if self.write_rte(s, pin, new) {
+                    return Some((pin, new & rte::MASKED != 0));
+                }
             }
             _ => {} // VER, ARB and unknown registers are read-only / ignored.
         }
+        None
     }
 
     /// Interrupts delivered per pin (for the hierarchy view and tests).
@@ -349,7 +360,16 @@ impl DeviceMmio for Ioapic {
         let mut s = self.lock();
         match offset {
             IOREGSEL => s.ioregsel = v & 0xff,
-            IOWIN => self.write_register(&mut s, v),
+            IOWIN => {
+                if let Some((pin, masked)) = self.write_register(&mut s, v) {
+                    drop(s);
+                    let l =
+                        self.eoi_listeners.lock().unwrap_or_else(|e| e.into_inner())[pin].clone();
+                    if let Some(l) = l {
+                        l.mask_changed(pin, masked);
+                    }
+                }
+            }
             IOEOI if s.version >= IOAPIC_VERSION_20 => {
                 drop(s);
                 self.end_of_interrupt(v as u8);
@@ -527,6 +547,7 @@ mod tests {
     struct Deassert {
         io: std::sync::OnceLock<Arc<Ioapic>>,
         eois: Mutex<Vec<usize>>,
+        masks: Mutex<Vec<(usize, bool)>>,
     }
 
     impl EoiListener for Deassert {
@@ -534,6 +555,10 @@ mod tests {
             self.eois.lock().unwrap().push(pin);
             // Re-entering the IOAPIC from the listener must not deadlock.
             self.io.get().unwrap().set_irq(pin, false);
+        }
+        fn mask_changed(&self, pin: usize, masked: bool) {
+            self.masks.lock().unwrap().push((pin, masked));
+            let _ = self.io.get().unwrap().line(pin);
         }
     }
 
@@ -568,6 +593,13 @@ mod tests {
         io.end_of_interrupt(0x52);
         io.end_of_interrupt(0x53);
         assert_eq!(*l.eois.lock().unwrap(), vec![16]);
+        program(&io, 16, rte::MASKED as u32 | rte::LEVEL as u32 | 0x51, 0);
+        program(&io, 16, rte::MASKED as u32 | rte::LEVEL as u32 | 0x51, 0);
+        assert_eq!(
+            l.masks.lock().unwrap()[1..],
+            [(16, true)],
+            "only changes are heard"
+        );
     }
 
     #[test]

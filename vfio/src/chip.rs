@@ -116,8 +116,11 @@ pub struct HostIrqStats {
     /// Of `set_irqs`: the guest enabled MSI/MSI-X and the host's was turned on, no vector
     /// bound.
     pub enables: u64,
-    /// Host INTx enables (trigger and unmask eventfds bound: 2 SET_IRQS calls each).
+    /// Host INTx enables (trigger and unmask eventfds bound: 2 SET_IRQS calls each, not in
+    /// `set_irqs`, which counts MSI and MSI-X calls).
     pub intx_enables: u64,
+    /// Host INTx disables (1 SET_IRQS call each, not in `set_irqs`).
+    pub intx_disables: u64,
     /// INTx interrupts the VMM relayed onto the guest's IOAPIC line.
     pub intx_relayed: u64,
     /// Host INTx unmasks after the guest's EOI of the line.
@@ -372,13 +375,13 @@ impl HostIrqs {
             })
     }
 
-    /// Host INTx off (if on), as a type switch.
+    /// Host INTx off (if on), before MSI or MSI-X goes on.
     fn intx_off(&self, s: &mut HostIrqState) -> std::io::Result<()> {
         if s.intx_on {
-            s.stats.set_irqs += 1;
-            self.host.disable(INTX_INDEX)?;
+            s.stats.intx_disables += 1;
             s.intx_on = false;
-            s.stats.type_switches += 1;
+            self.host.disable(INTX_INDEX)?;
+            debug!("{}: host INTx disabled", self.name);
         }
         Ok(())
     }
@@ -420,7 +423,6 @@ impl HostIrqs {
                 s.stats.type_switches += 1;
             }
         }
-        s.stats.set_irqs += 2;
         self.host
             .set_triggers(INTX_INDEX, 0, &[trigger])
             .and_then(|()| self.host.set_unmask(INTX_INDEX, unmask))
@@ -434,19 +436,11 @@ impl HostIrqs {
     /// Turns host INTx off (the guest enabled MSI/MSI-X or set INTx disable).
     pub fn intx_disable(&self) -> Result<(), ChipError> {
         let mut s = self.lock();
-        if s.intx_on {
-            s.stats.set_irqs += 1;
-            s.intx_on = false;
-            self.host
-                .disable(INTX_INDEX)
-                .map_err(|source| ChipError::SetIrqs {
-                    kind: "INTx",
-                    index: 0,
-                    source,
-                })?;
-            debug!("{}: host INTx disabled", self.name);
-        }
-        Ok(())
+        self.intx_off(&mut s).map_err(|source| ChipError::SetIrqs {
+            kind: "INTx",
+            index: 0,
+            source,
+        })
     }
 
     /// Counts an INTx interrupt relayed onto the guest's line.
@@ -510,11 +504,12 @@ impl HostIrqs {
             return String::new();
         }
         format!(
-            "; INTx {}: relayed {}, unmasks {}, enables {}",
+            "; INTx {}: relayed {}, unmasks {}, enables {}, disables {}",
             if s.intx_on { "on" } else { "off" },
             s.stats.intx_relayed,
             s.stats.intx_unmasks,
-            s.stats.intx_enables
+            s.stats.intx_enables,
+            s.stats.intx_disables
         )
     }
 

@@ -252,8 +252,8 @@ impl VfioPciDevice {
 
     /// Gives the function INTx (interrupt pin INTA, interrupt line `irq_line`) driving
     /// `line`, with its trigger watched by `hierarchy`'s relay thread. Returns `None` (the
-    /// guest keeps seeing pin 0) when the host function has no INTx. Host INTx is enabled at
-    /// once (the guest starts with MSI and MSI-X off and INTx allowed).
+    /// guest keeps seeing pin 0) when the host function has no INTx. Host INTx is enabled
+    /// when the guest unmasks the line's pin while INTx is wanted ([`Intx::pin_mask_changed`]).
     pub fn attach_intx(
         &mut self,
         hierarchy: &Arc<InterruptHierarchy>,
@@ -285,7 +285,7 @@ impl VfioPciDevice {
         self.intx.as_ref()
     }
 
-    /// INTx is active while the guest has neither MSI nor MSI-X enabled and has not set
+    /// INTx is wanted while the guest has neither MSI nor MSI-X enabled and has not set
     /// INTx disable.
     fn intx_wanted(&self) -> bool {
         !self.msi.as_ref().is_some_and(|m| m.enabled())
@@ -295,7 +295,7 @@ impl VfioPciDevice {
 
     fn sync_intx(&self) {
         if let Some(intx) = &self.intx {
-            intx.sync(self.intx_wanted());
+            intx.set_wanted(self.intx_wanted());
         }
     }
 
@@ -712,10 +712,12 @@ mod tests {
                 .unwrap()
                 .expect("host has INTx");
         assert_eq!(t.cfg(0x3c) & 0xffff, 0x0111, "pin INTA, line 17");
+        assert!(t.host.calls.lock().unwrap().is_empty(), "pin masked");
+        intx.pin_mask_changed(false);
         assert_eq!(
             t.host.calls.lock().unwrap()[..],
             ["set 0 0 1", "unmask 0"],
-            "host INTx on from the start"
+            "host INTx on at the pin's unmask"
         );
         // The host signals: the relay thread asserts the line.
         intx.trigger().write(1).unwrap();

@@ -12,8 +12,12 @@
 //!    *unmask* eventfd (`VFIO_IRQ_SET_ACTION_UNMASK`). If the device still asserts INTx, the
 //!    host triggers again and the cycle repeats.
 //!
-//! INTx is active only while the guest has neither MSI nor MSI-X enabled and has not set
-//! INTx disable (command bit 10); the device switches the host's interrupt type with it.
+//! INTx is *wanted* while the guest has neither MSI nor MSI-X enabled and has not set INTx
+//! disable (command bit 10). Host INTx goes on when it is wanted and the guest has unmasked
+//! the line's IOAPIC pin (a driver requested the interrupt), and off when it is no longer
+//! wanted. Linux clears INTx disable whenever it frees MSI-X vectors (the nvme driver does
+//! so between its admin vector and its queue vectors); waiting for the pin's unmask keeps
+//! that moment from turning the host's MSI-X off for an INTx no driver uses.
 
 use std::sync::{Arc, Mutex};
 
@@ -31,6 +35,10 @@ pub trait IntxLine: Send + Sync {
 
 #[derive(Default)]
 struct State {
+    /// The guest's MSI/MSI-X enables and INTx disable bit allow INTx.
+    wanted: bool,
+    /// The guest unmasked the line's IOAPIC pin.
+    pin_unmasked: bool,
     /// Host INTx is on and the guest's line follows it.
     active: bool,
     /// The line is asserted (a host interrupt the guest has not EOI'd yet).
@@ -77,22 +85,34 @@ impl Intx {
         self.lock().asserted
     }
 
-    /// Makes host INTx follow `wanted` (the guest's MSI/MSI-X enables and INTx disable bit).
-    /// Turning it off deasserts the line.
-    pub fn sync(&self, wanted: bool) {
+    /// The guest's MSI/MSI-X enables and INTx disable bit allow INTx (`wanted`) or not.
+    /// Turning host INTx off deasserts the line.
+    pub fn set_wanted(&self, wanted: bool) {
         let mut s = self.lock();
-        if s.active == wanted && self.irqs.intx_enabled() == wanted {
-            return;
-        }
-        let r = if wanted {
+        s.wanted = wanted;
+        self.sync(&mut s);
+    }
+
+    /// The guest masked or unmasked the line's IOAPIC pin.
+    pub fn pin_mask_changed(&self, masked: bool) {
+        let mut s = self.lock();
+        s.pin_unmasked = !masked;
+        self.sync(&mut s);
+    }
+
+    fn sync(&self, s: &mut State) {
+        let on = self.irqs.intx_enabled();
+        let r = if !s.wanted && on {
+            self.irqs.intx_disable()
+        } else if s.wanted && s.pin_unmasked && !on {
             self.irqs.intx_enable().map(|_| ())
         } else {
-            self.irqs.intx_disable()
+            Ok(())
         };
         if let Err(e) = r {
             warn!("INTx: {e}");
         }
-        s.active = wanted && self.irqs.intx_enabled();
+        s.active = s.wanted && self.irqs.intx_enabled();
         if !s.active && s.asserted {
             s.asserted = false;
             self.line.set_level(false);
@@ -161,7 +181,9 @@ mod tests {
     #[test]
     fn signal_asserts_eoi_deasserts_and_unmasks_the_host() {
         let (h, irqs, line, intx) = setup();
-        intx.sync(true);
+        intx.set_wanted(true);
+        assert!(h.calls.lock().unwrap().is_empty(), "pin still masked");
+        intx.pin_mask_changed(false);
         let (t, u) = {
             use std::os::fd::AsRawFd;
             (intx.trigger.as_raw_fd(), intx.unmask.as_raw_fd())
@@ -183,7 +205,7 @@ mod tests {
         assert_eq!((s.intx_enables, s.intx_relayed, s.intx_unmasks), (1, 1, 1));
         assert!(
             irqs.describe()
-                .contains("INTx on: relayed 1, unmasks 1, enables 1"),
+                .contains("INTx on: relayed 1, unmasks 1, enables 1, disables 0"),
             "{}",
             irqs.describe()
         );
@@ -192,7 +214,8 @@ mod tests {
     #[test]
     fn a_spurious_wakeup_asserts_nothing() {
         let (_, _, line, intx) = setup();
-        intx.sync(true);
+        intx.set_wanted(true);
+        intx.pin_mask_changed(false);
         intx.signalled();
         assert!(line.0.lock().unwrap().is_empty());
     }
@@ -200,11 +223,12 @@ mod tests {
     #[test]
     fn msix_enable_turns_host_intx_off_and_signals_while_off_are_dropped() {
         let (h, irqs, line, intx) = setup();
-        intx.sync(true);
+        intx.set_wanted(true);
+        intx.pin_mask_changed(false);
         intx.trigger.write(1).unwrap();
         intx.signalled();
         // Linux sets INTx disable, then enables MSI-X: the line drops, host INTx goes off.
-        intx.sync(false);
+        intx.set_wanted(false);
         assert_eq!(*line.0.lock().unwrap(), vec![true, false]);
         assert!(!irqs.intx_enabled());
         intx.trigger.write(1).unwrap();
@@ -212,24 +236,46 @@ mod tests {
         assert_eq!(line.0.lock().unwrap().len(), 2);
         irqs.guest_enabled(MSIX_INDEX).unwrap();
         assert_eq!(h.calls.lock().unwrap()[2..], ["disable 0", "set 2 0 [-1]"]);
-        // Back to INTx: MSI-X off on the host first.
-        intx.sync(true);
+        // Back to INTx (pin still unmasked): MSI-X off on the host first.
+        intx.set_wanted(true);
         let calls = h.calls.lock().unwrap().clone();
         assert_eq!(calls[4], "disable 2");
         assert!(calls[5].starts_with("set 0 0 ["));
-        assert_eq!(irqs.stats().type_switches, 1);
+        let st = irqs.stats();
+        assert_eq!(
+            (st.type_switches, st.intx_enables, st.intx_disables),
+            (1, 2, 1)
+        );
+        // MSI-X calls only in `set_irqs`: enable, then the switch's disable.
+        assert_eq!(st.set_irqs, 2);
+    }
+
+    #[test]
+    fn msix_freed_and_reallocated_with_the_pin_masked_leaves_the_host_alone() {
+        // Linux's nvme probe: one MSI-X vector, freed (INTx disable cleared), then N.
+        let (h, irqs, _, intx) = setup();
+        irqs.guest_enabled(MSIX_INDEX).unwrap();
+        intx.set_wanted(false);
+        intx.set_wanted(true); // MSI-X disabled by the guest, INTx allowed, pin masked
+        intx.set_wanted(false);
+        assert!(
+            !irqs.guest_enabled(MSIX_INDEX).unwrap(),
+            "host MSI-X stayed on"
+        );
+        assert_eq!(*h.calls.lock().unwrap(), vec!["set 2 0 [-1]"]);
     }
 
     #[test]
     fn msix_activation_while_intx_is_on_switches_the_type() {
         let (h, irqs, _, intx) = setup();
-        intx.sync(true);
+        intx.set_wanted(true);
+        intx.pin_mask_changed(false);
         irqs.startup(MSIX_INDEX, 0, 100).unwrap();
         assert_eq!(h.calls.lock().unwrap()[2..], ["disable 0", "set 2 0 [100]"]);
         assert!(!irqs.intx_enabled());
-        assert_eq!(irqs.stats().type_switches, 1);
+        assert_eq!(irqs.stats().intx_disables, 1);
         // The device notices at its next sync.
-        intx.sync(false);
+        intx.set_wanted(false);
         assert_eq!(h.calls.lock().unwrap().len(), 4);
     }
 }

@@ -1039,12 +1039,16 @@ impl vfio::IntxLine for IoapicLine {
     }
 }
 
-/// The guest's EOI of an INTx line deasserts it and unmasks the host's INTx.
+/// The guest's EOI of an INTx line deasserts it and unmasks the host's INTx; the pin's
+/// unmask turns host INTx on.
 struct IntxEoi(Arc<vfio::Intx>);
 
 impl devices::ioapic::EoiListener for IntxEoi {
     fn end_of_interrupt(&self, _pin: usize) {
         self.0.end_of_interrupt();
+    }
+    fn mask_changed(&self, _pin: usize, masked: bool) {
+        self.0.pin_mask_changed(masked);
     }
 }
 
