@@ -1262,7 +1262,9 @@ fn bench_once(d: &Devices) {
 /// `--cmdline` may be given once: a later one (from a test's extra arguments) replaces the
 /// standard one.
 fn last_cmdline_only(args: &mut Vec<String>) {
-    let at: Vec<usize> = (0..args.len()).filter(|&i| args[i] == "--cmdline").collect();
+    let at: Vec<usize> = (0..args.len())
+        .filter(|&i| args[i] == "--cmdline")
+        .collect();
     for &i in at.iter().rev().skip(1) {
         args.drain(i..(i + 2).min(args.len()));
     }
@@ -1307,8 +1309,11 @@ fn nvme_intx_once(d: &Devices) {
     );
     assert!(line.total() > 0, "no interrupts on {}", line.text);
     let dom = vfio_domain(&g.dump(), &g.nvme_bdf.clone());
-    println!("hierarchy view:
-    {}", dom.text());
+    println!(
+        "hierarchy view:
+    {}",
+        dom.text()
+    );
     assert!(dom.text().contains("INTx on"), "{}", dom.text());
     let relayed = dom.need("INTx on: relayed");
     let unmasks = dom.need("unmasks");
