@@ -85,9 +85,21 @@ struct State {
     delivered: [u64; NUM_PINS],
 }
 
+/// Told when the guest EOIs a level-triggered pin (a pass-through device's INTx: the EOI
+/// deasserts the line and unmasks the host interrupt) and when it masks or unmasks the pin.
+/// Called with no IOAPIC lock held: a listener may drive the pin's line.
+pub trait EoiListener: Send + Sync {
+    /// The guest ended the interrupt of level pin `pin` (its remote IRR is clear).
+    fn end_of_interrupt(&self, pin: usize);
+    /// The guest masked (`masked`) or unmasked pin `pin`'s redirection entry.
+    fn mask_changed(&self, _pin: usize, _masked: bool) {}
+}
+
 /// A userspace IOAPIC whose pins are delivered through the interrupt hierarchy.
 pub struct Ioapic {
     state: Mutex<State>,
+    /// Per pin, who hears of EOIs of that pin (called with no IOAPIC lock held).
+    eoi_listeners: Mutex<Vec<Option<Arc<dyn EoiListener>>>>,
     domain: Arc<DeviceDomain>,
     /// Delivery and programming errors follow guest RTE writes (and recur on every
     /// interrupt of the pin): their warnings are rate-limited.
@@ -120,8 +132,22 @@ impl Ioapic {
                 lines: [false; NUM_PINS],
                 delivered: [0; NUM_PINS],
             }),
+            eoi_listeners: Mutex::new(vec![None; NUM_PINS]),
             domain,
             log_limit: RateLimiter::new(10, Duration::from_secs(5)),
+        }
+    }
+
+    /// Has `listener` told of every EOI of level pin `pin` (replacing any earlier one).
+    /// Returns false for a nonexistent pin.
+    pub fn set_eoi_listener(&self, pin: usize, listener: Arc<dyn EoiListener>) -> bool {
+        let mut l = self.eoi_listeners.lock().unwrap_or_else(|e| e.into_inner());
+        match l.get_mut(pin) {
+            Some(slot) => {
+                *slot = Some(listener);
+                true
+            }
+            None => false,
         }
     }
 
@@ -165,19 +191,41 @@ impl Ioapic {
     }
 
     /// Handles the guest's EOI of `vector` (from `KVM_EXIT_IOAPIC_EOI` or the EOI register):
-    /// clears remote IRR of level pins on that vector and re-delivers still-asserted lines.
+    /// clears remote IRR of level pins on that vector, tells their EOI listeners (which may
+    /// deassert the line) and re-delivers lines still asserted after that.
     pub fn end_of_interrupt(&self, vector: u8) {
+        let mut eoied = [false; NUM_PINS];
         let mut s = self.lock();
-        for pin in 0..NUM_PINS {
+        for (pin, hit) in eoied.iter_mut().enumerate() {
             let e = s.rtes[pin];
             if (e & rte::VECTOR) as u8 != vector || e & rte::REMOTE_IRR == 0 {
                 continue;
             }
             s.rtes[pin] &= !rte::REMOTE_IRR;
-            if e & rte::LEVEL != 0 && s.lines[pin] {
+            *hit = e & rte::LEVEL != 0;
+        }
+        drop(s);
+        let listeners: Vec<(usize, Arc<dyn EoiListener>)> = {
+            let l = self.eoi_listeners.lock().unwrap_or_else(|e| e.into_inner());
+            (0..NUM_PINS)
+                .filter(|&p| eoied[p])
+                .filter_map(|p| l[p].clone().map(|x| (p, x)))
+                .collect()
+        };
+        for (pin, l) in listeners {
+            l.end_of_interrupt(pin);
+        }
+        let mut s = self.lock();
+        for (pin, _) in eoied.iter().enumerate().filter(|(_, &hit)| hit) {
+            if s.lines[pin] {
                 self.try_deliver_level(&mut s, pin);
             }
         }
+    }
+
+    /// Current level of input line `pin` (false for a nonexistent pin).
+    pub fn line(&self, pin: usize) -> bool {
+        self.lock().lines.get(pin).copied().unwrap_or(false)
     }
 
     fn try_deliver_level(&self, s: &mut State, pin: usize) {
@@ -219,7 +267,8 @@ impl Ioapic {
         m
     }
 
-    fn write_rte(&self, s: &mut State, pin: usize, value: u64) {
+    /// Writes entry `pin`; returns whether its mask bit changed.
+    fn write_rte(&self, s: &mut State, pin: usize, value: u64) -> bool {
         let old = s.rtes[pin];
         let mut new = (old & !rte::WRITABLE) | (value & rte::WRITABLE);
         if new & rte::LEVEL == 0 {
@@ -239,6 +288,7 @@ impl Ioapic {
         if !masked && new & rte::LEVEL != 0 && s.lines[pin] {
             self.try_deliver_level(s, pin);
         }
+        (old ^ new) & rte::MASKED != 0
     }
 
     fn read_register(&self, s: &State) -> u32 {
@@ -258,9 +308,12 @@ impl Ioapic {
         }
     }
 
-    fn write_register(&self, s: &mut State, value: u32) {
+    /// Writes the selected register; returns `(pin, masked)` when an entry's mask changed.
+    fn write_register(&self, s: &mut State, value: u32) -> Option<(usize, bool)> {
         match s.ioregsel {
-            REG_ID => s.id = ((value >> 24) & 0xf) as u8,
+            REG_ID => {
+                s.id = ((value >> 24) & 0xf) as u8;
+            }
             r if (REG_REDTBL..REG_REDTBL + 2 * NUM_PINS as u32).contains(&r) => {
                 let pin = ((r - REG_REDTBL) / 2) as usize;
                 let old = s.rtes[pin];
@@ -269,10 +322,13 @@ impl Ioapic {
                 } else {
                     (old & 0xffff_ffff) | (u64::from(value) << 32)
                 };
-                self.write_rte(s, pin, new);
+                if self.write_rte(s, pin, new) {
+                    return Some((pin, new & rte::MASKED != 0));
+                }
             }
             _ => {} // VER, ARB and unknown registers are read-only / ignored.
         }
+        None
     }
 
     /// Interrupts delivered per pin (for the hierarchy view and tests).
@@ -304,7 +360,16 @@ impl DeviceMmio for Ioapic {
         let mut s = self.lock();
         match offset {
             IOREGSEL => s.ioregsel = v & 0xff,
-            IOWIN => self.write_register(&mut s, v),
+            IOWIN => {
+                if let Some((pin, masked)) = self.write_register(&mut s, v) {
+                    drop(s);
+                    let l =
+                        self.eoi_listeners.lock().unwrap_or_else(|e| e.into_inner())[pin].clone();
+                    if let Some(l) = l {
+                        l.mask_changed(pin, masked);
+                    }
+                }
+            }
             IOEOI if s.version >= IOAPIC_VERSION_20 => {
                 drop(s);
                 self.end_of_interrupt(v as u8);
@@ -476,6 +541,74 @@ mod tests {
             Ioapic::entry_message(e, IOAPIC_VERSION_11).remap_index(),
             None
         );
+    }
+
+    #[derive(Default)]
+    struct Deassert {
+        io: std::sync::OnceLock<Arc<Ioapic>>,
+        eois: Mutex<Vec<usize>>,
+        masks: Mutex<Vec<(usize, bool)>>,
+    }
+
+    impl EoiListener for Deassert {
+        fn end_of_interrupt(&self, pin: usize) {
+            self.eois.lock().unwrap().push(pin);
+            // Re-entering the IOAPIC from the listener must not deadlock.
+            self.io.get().unwrap().set_irq(pin, false);
+        }
+        fn mask_changed(&self, pin: usize, masked: bool) {
+            self.masks.lock().unwrap().push((pin, masked));
+            let _ = self.io.get().unwrap().line(pin);
+        }
+    }
+
+    #[test]
+    fn eoi_listener_hears_level_eois_and_a_deasserted_line_is_not_redelivered() {
+        let (_, io) = setup();
+        let io = Arc::new(io);
+        let l = Arc::new(Deassert::default());
+        let _ = l.io.set(io.clone());
+        assert!(io.set_eoi_listener(16, l.clone()));
+        assert!(!io.set_eoi_listener(NUM_PINS, l.clone()));
+        program(
+            &io,
+            16,
+            rte::LEVEL as u32 | rte::POLARITY_LOW as u32 | 0x51,
+            0,
+        );
+        io.set_irq(16, true);
+        assert_eq!(io.delivered(16), 1);
+        io.end_of_interrupt(0x51);
+        assert_eq!(*l.eois.lock().unwrap(), vec![16]);
+        assert!(!io.line(16), "the listener deasserted the line");
+        assert_eq!(io.delivered(16), 1, "no re-delivery of a deasserted line");
+        assert_eq!(io.redirection_entry(16).unwrap() & rte::REMOTE_IRR, 0);
+        // The device asserts again (the host re-triggered): delivered at once.
+        io.set_irq(16, true);
+        assert_eq!(io.delivered(16), 2);
+        // An EOI of another vector, or of an edge pin, is not heard.
+        program(&io, 5, 0x52, 0);
+        assert!(io.set_eoi_listener(5, l.clone()));
+        io.pulse(5);
+        io.end_of_interrupt(0x52);
+        io.end_of_interrupt(0x53);
+        assert_eq!(*l.eois.lock().unwrap(), vec![16]);
+        program(&io, 16, rte::MASKED as u32 | rte::LEVEL as u32 | 0x51, 0);
+        program(&io, 16, rte::MASKED as u32 | rte::LEVEL as u32 | 0x51, 0);
+        assert_eq!(
+            l.masks.lock().unwrap()[1..],
+            [(16, true)],
+            "only changes are heard"
+        );
+    }
+
+    #[test]
+    fn without_a_listener_an_asserted_level_line_is_still_redelivered() {
+        let (_, io) = setup();
+        program(&io, 17, rte::LEVEL as u32 | 0x61, 0);
+        io.set_irq(17, true);
+        io.end_of_interrupt(0x61);
+        assert_eq!(io.delivered(17), 2);
     }
 
     #[test]

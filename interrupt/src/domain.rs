@@ -969,6 +969,43 @@ mod tests {
         t.read().unwrap_or(0)
     }
 
+    #[derive(Default)]
+    struct Listener {
+        fd: OnceLock<Arc<EventFd>>,
+        seen: std::sync::atomic::AtomicU64,
+    }
+
+    impl crate::SignalListener for Listener {
+        fn signalled(&self) {
+            if let Ok(n) = self.fd.get().unwrap().read() {
+                self.seen.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    #[test]
+    fn the_relay_calls_a_signal_listener_until_it_is_unwatched() {
+        let (_b, h) = setup(4096);
+        let fd = Arc::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+        let l = Arc::new(Listener::default());
+        let _ = l.fd.set(fd.clone());
+        let dl: Arc<dyn crate::SignalListener> = l.clone();
+        h.watch_signal(&fd, Arc::downgrade(&dl)).unwrap();
+        assert_eq!(h.relay_watched(), 1);
+        fd.write(3).unwrap();
+        wait_until("the listener", || l.seen.load(Ordering::Relaxed) == 3);
+        h.unwatch_signal(&fd).unwrap();
+        assert_eq!(h.relay_watched(), 0);
+        fd.write(1).unwrap();
+        assert_eq!(counter(&fd), 1, "no longer read by the relay");
+        // A dropped listener is forgotten at its next signal.
+        h.watch_signal(&fd, Arc::downgrade(&dl)).unwrap();
+        drop(dl);
+        drop(l);
+        fd.write(1).unwrap();
+        wait_until("the relay to forget it", || h.relay_watched() == 0);
+    }
+
     #[test]
     fn ordinary_domains_have_no_trigger() {
         let (_b, h) = setup(4096);

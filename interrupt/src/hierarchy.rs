@@ -10,7 +10,7 @@ use log::warn;
 
 use crate::domain::{DeviceDomain, DomainKind, MsiChip};
 use crate::ratelimit::RateLimiter;
-use crate::relay::Relay;
+use crate::relay::{Relay, SignalListener};
 use crate::remap::{IrteRanges, RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
 use crate::vector::{Gsi, VectorLayer};
 use crate::warn_ratelimited;
@@ -108,6 +108,22 @@ impl InterruptHierarchy {
         }
         let r = Relay::new()?;
         Ok(self.relay.get_or_init(|| r).clone())
+    }
+
+    /// Has the relay thread watch `fd` and call `listener` when it is signalled (for host
+    /// signals that are not MSI vectors, e.g. a pass-through device's INTx trigger). Call it
+    /// from an unconfined thread (the relay starts here if it is not running).
+    pub fn watch_signal(
+        &self,
+        fd: &vmm_sys_util::eventfd::EventFd,
+        listener: std::sync::Weak<dyn SignalListener>,
+    ) -> std::io::Result<()> {
+        self.relay()?.watch_listener(fd, listener)
+    }
+
+    /// Stops watching `fd` (no-op if not watched).
+    pub fn unwatch_signal(&self, fd: &vmm_sys_util::eventfd::EventFd) -> std::io::Result<()> {
+        self.relay()?.unwatch(fd)
     }
 
     /// Host-signalled triggers the relay thread watches now (their vectors are masked,

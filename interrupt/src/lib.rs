@@ -30,6 +30,7 @@ pub use error::Error;
 pub use hierarchy::InterruptHierarchy;
 pub use msi::MsiMessage;
 pub use ratelimit::RateLimiter;
+pub use relay::SignalListener;
 pub use remap::{IrteRanges, NoRemap, RemapLayer, RemapOutcome, RequesterId, RetranslateScope};
 pub use vector::{
     Gsi, KvmVectorLayer, RecordingBackend, RoutingBackend, Vector, VectorLayer, VectorLayerStats,

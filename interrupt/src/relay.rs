@@ -9,6 +9,10 @@
 //! usual rules (pending while masked, slow-path delivery without a GSI) and counts it as
 //! relayed. A vector is watched here or attached in KVM, never both, so the hot path never
 //! wakes this thread.
+//!
+//! The same thread watches other host-signalled eventfds for whoever registers a
+//! [`SignalListener`] (a pass-through device's INTx trigger, which becomes an IOAPIC level
+//! line): such a listener reads its eventfd itself.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,10 +24,29 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::domain::DeviceDomain;
 
+/// Something the relay thread calls when its watched eventfd is signalled (it must read the
+/// eventfd, or it is called again at once).
+pub trait SignalListener: Send + Sync {
+    /// The watched eventfd is readable.
+    fn signalled(&self);
+}
+
 /// Where a watched trigger belongs.
-struct Target {
-    domain: Weak<DeviceDomain>,
-    index: usize,
+enum Target {
+    /// Vector `index` of a host-signalled domain.
+    Vector {
+        domain: Weak<DeviceDomain>,
+        index: usize,
+    },
+    /// A listener of its own.
+    Listener(Weak<dyn SignalListener>),
+}
+
+/// What a signal turns into, taken out of the table before the call.
+enum Action {
+    Vector(Arc<DeviceDomain>, usize),
+    Listener(Arc<dyn SignalListener>),
+    Gone,
 }
 
 /// The relay of one hierarchy (its thread starts with the first watched trigger).
@@ -53,12 +76,25 @@ impl Relay {
         domain: Weak<DeviceDomain>,
         index: usize,
     ) -> std::io::Result<()> {
+        self.add(trigger, Target::Vector { domain, index })
+    }
+
+    /// Watches `fd` for `listener` (no-op if already watched).
+    pub(crate) fn watch_listener(
+        self: &Arc<Self>,
+        fd: &EventFd,
+        listener: Weak<dyn SignalListener>,
+    ) -> std::io::Result<()> {
+        self.add(fd, Target::Listener(listener))
+    }
+
+    fn add(self: &Arc<Self>, trigger: &EventFd, target: Target) -> std::io::Result<()> {
         let fd = trigger.as_raw_fd();
         let mut t = self.targets();
         if t.contains_key(&fd) {
             return Ok(());
         }
-        t.insert(fd, Target { domain, index });
+        t.insert(fd, target);
         let event = EpollEvent::new(EventSet::IN, fd as u64);
         if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd, event) {
             t.remove(&fd);
@@ -117,14 +153,17 @@ impl Relay {
             };
             for ev in &events[..n] {
                 let fd = ev.data() as RawFd;
-                let target = relay
-                    .targets()
-                    .get(&fd)
-                    .map(|t| (t.domain.clone(), t.index));
-                match target.map(|(d, i)| (d.upgrade(), i)) {
-                    Some((Some(domain), index)) => domain.relay_signal(index),
-                    // The domain is gone: stop watching its descriptor.
-                    Some((None, _)) => {
+                let action = relay.targets().get(&fd).map(|t| match t {
+                    Target::Vector { domain, index } => domain
+                        .upgrade()
+                        .map_or(Action::Gone, |d| Action::Vector(d, *index)),
+                    Target::Listener(l) => l.upgrade().map_or(Action::Gone, Action::Listener),
+                });
+                match action {
+                    Some(Action::Vector(domain, index)) => domain.relay_signal(index),
+                    Some(Action::Listener(l)) => l.signalled(),
+                    // The owner is gone: stop watching its descriptor.
+                    Some(Action::Gone) => {
                         relay.targets().remove(&fd);
                         let _ =
                             relay

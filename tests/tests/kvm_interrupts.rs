@@ -540,6 +540,95 @@ fn host_signalled_vectors_bypass_the_vmm_and_keep_pending_while_masked() {
     done(TEST, t);
 }
 
+/// A pass-through function's INTx line (vfio's `Intx`, on a device-less fake host).
+struct IntxPin(Arc<Ioapic>, usize);
+
+impl vfio::IntxLine for IntxPin {
+    fn set_level(&self, asserted: bool) {
+        self.0.set_irq(self.1, asserted);
+    }
+}
+
+/// The IOAPIC's EOI and mask listener of the INTx pin.
+struct IntxEoi(Arc<vfio::Intx>);
+
+impl devices::ioapic::EoiListener for IntxEoi {
+    fn end_of_interrupt(&self, _pin: usize) {
+        self.0.end_of_interrupt();
+    }
+    fn mask_changed(&self, _pin: usize, masked: bool) {
+        self.0.pin_mask_changed(masked);
+    }
+}
+
+/// 8. INTx through the vmm: each signal of a function's INTx trigger eventfd is picked up by
+///    the interrupt relay thread and asserts IOAPIC level pin 17 (active low, as a PCI _PRT
+///    entry makes it); the guest's EOI comes back as KVM_EXIT_IOAPIC_EOI and reaches the
+///    pin's EOI listener, which deasserts the line and unmasks the host — so exactly one
+///    guest interrupt, one relay and one unmask per signal, and no re-delivery. The guest's
+///    unmask of the pin is what turns host INTx on.
+fn intx_relayed_level_line_is_unmasked_by_the_guests_eoi() {
+    const TEST: &str = "intx_relayed_level_line_is_unmasked_by_the_guests_eoi";
+    const PIN: usize = 17;
+    const VECTOR: u8 = 0x43;
+    const N: u64 = 5;
+    let t = Instant::now();
+    let mut g = KvmGuest::new();
+    let h = g.hierarchy(IOAPIC_PINS, 4096);
+    let ioapic = Arc::new(Ioapic::new(0, &h));
+    let host = Arc::new(vfio::fake::FakeHost::new([0; 256], Vec::new(), 0, 0, false));
+    let irqs = vfio::HostIrqs::new("kvm-test-vfio", host.clone(), vfio::IrqMode::Dynamic, 0, 0);
+    let intx = vfio::Intx::new(irqs.clone(), Arc::new(IntxPin(ioapic.clone(), PIN))).unwrap();
+    let listener: Arc<dyn interrupt::SignalListener> = intx.clone();
+    h.watch_signal(intx.trigger(), Arc::downgrade(&listener))
+        .unwrap();
+    assert!(ioapic.set_eoi_listener(PIN, Arc::new(IntxEoi(intx.clone()))));
+    intx.set_wanted(true);
+    assert!(!irqs.intx_enabled(), "pin still masked");
+    program_rte(
+        &ioapic,
+        PIN as u32,
+        rte::LEVEL | rte::POLARITY_LOW | u64::from(VECTOR),
+    );
+    assert!(irqs.intx_enabled(), "the pin's unmask turns host INTx on");
+    let eoi_io = ioapic.clone();
+    g.start(VcpuHooks {
+        ioapic_eoi: Some(Box::new(move |v| eoi_io.end_of_interrupt(v))),
+        threshold: None,
+    });
+    for k in 1..=N {
+        intx.trigger().write(1).unwrap();
+        g.wait_count(VECTOR, k);
+        // The next signal only after the host was unmasked (as vfio-pci's automask wants).
+        let mut waited = 0;
+        while irqs.stats().intx_unmasks < k {
+            assert!(waited < 1000, "no unmask after interrupt {k}");
+            thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+    }
+    g.assert_counts(&[(VECTOR, N)]);
+    assert_eq!(
+        ioapic.delivered(PIN),
+        N,
+        "no re-delivery of the deasserted line"
+    );
+    let s = irqs.stats();
+    assert_eq!((s.intx_relayed, s.intx_unmasks), (N, N));
+    assert!(!ioapic.line(PIN));
+    assert_eq!(read_rte(&ioapic, PIN as u32) & rte::REMOTE_IRR, 0);
+    assert_eq!(
+        g.ioapic_eois(VECTOR),
+        N,
+        "one KVM_EXIT_IOAPIC_EOI per interrupt"
+    );
+    assert_eq!(
+        *host.calls.lock().unwrap(),
+        vec!["set 0 0 1".to_string(), "unmask 0".to_string()]
+    );
+    done(TEST, t);
+}
+
 tests::test_main!(
     host_signalled_vectors_bypass_the_vmm_and_keep_pending_while_masked,
     msix_vector_delivers_every_fire,
@@ -549,4 +638,5 @@ tests::test_main!(
     ioapic_edge_pin_delivers_each_pulse,
     ioapic_level_pin_redelivers_until_deasserted,
     exhausted_gsis_fall_back_to_signal_msi,
+    intx_relayed_level_line_is_unmasked_by_the_guests_eoi,
 );

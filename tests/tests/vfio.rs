@@ -352,6 +352,7 @@ impl Guest {
         let mut args = standard_guest_args();
         args.push("--print-interrupts".into());
         args.extend(extra.iter().cloned());
+        last_cmdline_only(&mut args);
         let cfg = vfio_config(&args);
         let env: Vec<(&str, &str)> = Vec::new();
         let s = GuestSession::start_controlled(&cfg, &env).unwrap_or_else(|e| panic!("{e}"));
@@ -1258,6 +1259,83 @@ fn bench_once(d: &Devices) {
     );
 }
 
+/// `--cmdline` may be given once: a later one (from a test's extra arguments) replaces the
+/// standard one.
+fn last_cmdline_only(args: &mut Vec<String>) {
+    let at: Vec<usize> = (0..args.len())
+        .filter(|&i| args[i] == "--cmdline")
+        .collect();
+    for &i in at.iter().rev().skip(1) {
+        args.drain(i..(i + 2).min(args.len()));
+    }
+}
+
+/// INTx: L2 boots with `pci=nomsi`, so the stock nvme driver takes the pass-through NVMe's
+/// legacy interrupt — an I/O APIC level line (`IO-APIC 16-fasteoi nvme0q0`) that the vmm
+/// drives from the host's INTx trigger and that the guest's EOI unmasks on the host. The
+/// namespace appears, an O_DIRECT pattern reads back identical, the line counts interrupts
+/// in L2 and the vmm's INTx counters (relayed, unmasks) move; no MSI/MSI-X host call.
+fn nvme_intx_with_pci_nomsi() {
+    let d = devices(true, false);
+    with_l1_retry(|| nvme_intx_once(&d))
+}
+
+fn nvme_intx_once(d: &Devices) {
+    let _g = boot_lock();
+    let nvme = d.nvme.clone().unwrap();
+    let mut g = Guest::boot(&[
+        "--cmdline".into(),
+        "console=ttyS0 quiet pci=nomsi".into(),
+        "--device".into(),
+        format!("vfio,host={nvme}"),
+    ]);
+    g.load("nvme");
+    g.wait_path("/dev/nvme0n1", 120);
+    g.ok("cat /sys/block/nvme0n1/size /sys/class/nvme/nvme0/model");
+    g.nvme_pattern("intx");
+    let irqs = g.interrupts("nvme0q0");
+    show_irqs("L2 nvme interrupts", &irqs);
+    assert_eq!(irqs.len(), 1, "{irqs:?}");
+    let line = &irqs[0];
+    assert!(
+        line.chip.contains("IO-APIC") && line.text.contains("fasteoi"),
+        "nvme not on a level I/O APIC line: {}",
+        line.text
+    );
+    assert!(
+        (16..24).contains(&line.hwirq),
+        "not the pin the _PRT gives: {}",
+        line.text
+    );
+    assert!(line.total() > 0, "no interrupts on {}", line.text);
+    let dom = vfio_domain(&g.dump(), &g.nvme_bdf.clone());
+    println!(
+        "hierarchy view:
+    {}",
+        dom.text()
+    );
+    assert!(dom.text().contains("INTx on"), "{}", dom.text());
+    let relayed = dom.need("INTx on: relayed");
+    let unmasks = dom.need("unmasks");
+    assert!(relayed > 0 && unmasks > 0, "{}", dom.text());
+    assert!(
+        unmasks <= relayed && relayed - unmasks <= 1,
+        "each relayed INTx is unmasked after the guest's EOI: {}",
+        dom.text()
+    );
+    assert_eq!(dom.need(KEY_SET_IRQS), 0, "MSI/MSI-X host calls");
+    if g.s.mode() == Mode::Nested {
+        let host = g.host("cat /proc/interrupts");
+        let tag = format!("vfio-intx({})", g.nvme_bdf);
+        assert!(
+            host.iter().any(|l| l.contains(&tag)),
+            "no {tag} in L1's /proc/interrupts"
+        );
+    }
+    g.assert_clean_dmesg("nvme over INTx");
+    g.poweroff();
+}
+
 tests::test_main!(
     harness_l1_binds_vfio_devices,
     nvme_stock_driver_dynamic_msix,
@@ -1266,4 +1344,5 @@ tests::test_main!(
     e1000e_probes_with_msix,
     bad_input_one_error_line_exit_1,
     bench_nvme_vector_bringup_dynamic_vs_reenable,
+    nvme_intx_with_pci_nomsi,
 );

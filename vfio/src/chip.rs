@@ -33,6 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, warn};
 
+/// VFIO interrupt index of INTx.
+pub const INTX_INDEX: u32 = vfio_bindings::bindings::vfio::VFIO_PCI_INTX_IRQ_INDEX;
 /// VFIO interrupt index of MSI.
 pub const MSI_INDEX: u32 = vfio_bindings::bindings::vfio::VFIO_PCI_MSI_IRQ_INDEX;
 /// VFIO interrupt index of MSI-X.
@@ -62,6 +64,9 @@ pub trait IrqHost: Send + Sync {
     /// `VFIO_DEVICE_SET_IRQS` with `ACTION_TRIGGER | DATA_EVENTFD` for vectors
     /// `start..start + fds.len()` of `index` (fd -1 releases a vector).
     fn set_triggers(&self, index: u32, start: u32, fds: &[RawFd]) -> std::io::Result<()>;
+    /// `VFIO_DEVICE_SET_IRQS` with `ACTION_UNMASK | DATA_EVENTFD` for vector 0 of `index`:
+    /// a write to `fd` unmasks the host interrupt (INTx, which the host masks on each one).
+    fn set_unmask(&self, index: u32, fd: RawFd) -> std::io::Result<()>;
     /// `VFIO_DEVICE_SET_IRQS` with `ACTION_TRIGGER | DATA_NONE`, count 0: disables `index`.
     fn disable(&self, index: u32) -> std::io::Result<()>;
     /// Signals a trigger eventfd once (an interrupt the guest must not lose).
@@ -111,6 +116,15 @@ pub struct HostIrqStats {
     /// Of `set_irqs`: the guest enabled MSI/MSI-X and the host's was turned on, no vector
     /// bound.
     pub enables: u64,
+    /// Host INTx enables (trigger and unmask eventfds bound: 2 SET_IRQS calls each, not in
+    /// `set_irqs`, which counts MSI and MSI-X calls).
+    pub intx_enables: u64,
+    /// Host INTx disables (1 SET_IRQS call each, not in `set_irqs`).
+    pub intx_disables: u64,
+    /// INTx interrupts the VMM relayed onto the guest's IOAPIC line.
+    pub intx_relayed: u64,
+    /// Host INTx unmasks after the guest's EOI of the line.
+    pub intx_unmasks: u64,
 }
 
 #[derive(Default)]
@@ -124,6 +138,10 @@ struct IndexState {
 struct HostIrqState {
     msi: IndexState,
     msix: IndexState,
+    /// INTx trigger and unmask eventfds (a device with an interrupt pin).
+    intx_fds: Option<(RawFd, RawFd)>,
+    /// Host INTx is enabled (bound to `intx_fds`).
+    intx_on: bool,
     stats: HostIrqStats,
 }
 
@@ -161,6 +179,8 @@ impl HostIrqs {
                     triggers: vec![None; msix_count as usize],
                     ..Default::default()
                 },
+                intx_fds: None,
+                intx_on: false,
                 stats: HostIrqStats::default(),
             }),
             fallback_logged: AtomicBool::new(false),
@@ -214,6 +234,7 @@ impl HostIrqs {
         let mut guard = self.lock();
         let s = &mut *guard;
         // One interrupt type at a time on the host.
+        self.intx_off(s).map_err(err)?;
         let (mine, other, other_index) = if index == MSIX_INDEX {
             (&mut s.msix, &mut s.msi, MSI_INDEX)
         } else {
@@ -300,6 +321,7 @@ impl HostIrqs {
         };
         let mut guard = self.lock();
         let s = &mut *guard;
+        self.intx_off(s).map_err(err)?;
         let (mine, other, other_index) = if index == MSIX_INDEX {
             (&mut s.msix, &mut s.msi, MSI_INDEX)
         } else {
@@ -353,10 +375,94 @@ impl HostIrqs {
             })
     }
 
-    /// Disables both interrupt types on the host (device reset and exit); no counter moves.
+    /// Host INTx off (if on), before MSI or MSI-X goes on.
+    fn intx_off(&self, s: &mut HostIrqState) -> std::io::Result<()> {
+        if s.intx_on {
+            s.stats.intx_disables += 1;
+            s.intx_on = false;
+            self.host.disable(INTX_INDEX)?;
+            debug!("{}: host INTx disabled", self.name);
+        }
+        Ok(())
+    }
+
+    /// The device's INTx `trigger` (the host signals it per interrupt, then masks INTx) and
+    /// `unmask` (a write unmasks host INTx) eventfds; they must stay open while host INTx
+    /// can be on.
+    pub fn set_intx_fds(&self, trigger: RawFd, unmask: RawFd) {
+        self.lock().intx_fds = Some((trigger, unmask));
+    }
+
+    /// Whether host INTx is on.
+    pub fn intx_enabled(&self) -> bool {
+        self.lock().intx_on
+    }
+
+    /// Turns host INTx on (MSI and MSI-X off first): binds the trigger and unmask eventfds.
+    /// Returns whether a change was made (false: already on, or no INTx).
+    pub fn intx_enable(&self) -> Result<bool, ChipError> {
+        let err = |source| ChipError::SetIrqs {
+            kind: "INTx",
+            index: 0,
+            source,
+        };
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some((trigger, unmask)) = s.intx_fds else {
+            return Ok(false);
+        };
+        if s.intx_on {
+            return Ok(false);
+        }
+        for (index, st) in [(MSI_INDEX, &mut s.msi), (MSIX_INDEX, &mut s.msix)] {
+            if st.host_count > 0 {
+                s.stats.set_irqs += 1;
+                self.host.disable(index).map_err(err)?;
+                st.host_count = 0;
+                st.triggers.iter_mut().for_each(|t| *t = None);
+                s.stats.type_switches += 1;
+            }
+        }
+        self.host
+            .set_triggers(INTX_INDEX, 0, &[trigger])
+            .and_then(|()| self.host.set_unmask(INTX_INDEX, unmask))
+            .map_err(err)?;
+        s.intx_on = true;
+        s.stats.intx_enables += 1;
+        debug!("{}: host INTx enabled", self.name);
+        Ok(true)
+    }
+
+    /// Turns host INTx off (the guest enabled MSI/MSI-X or set INTx disable).
+    pub fn intx_disable(&self) -> Result<(), ChipError> {
+        let mut s = self.lock();
+        self.intx_off(&mut s).map_err(|source| ChipError::SetIrqs {
+            kind: "INTx",
+            index: 0,
+            source,
+        })
+    }
+
+    /// Counts an INTx interrupt relayed onto the guest's line.
+    pub fn count_intx_relayed(&self) {
+        self.lock().stats.intx_relayed += 1;
+    }
+
+    /// Counts a host INTx unmask.
+    pub fn count_intx_unmask(&self) {
+        self.lock().stats.intx_unmasks += 1;
+    }
+
+    /// Disables every interrupt type on the host (device reset and exit); no counter moves.
     pub fn disable_all(&self) {
         let mut guard = self.lock();
         let s = &mut *guard;
+        if s.intx_on {
+            if let Err(e) = self.host.disable(INTX_INDEX) {
+                warn!("{}: disabling host INTx: {e}", self.name);
+            }
+            s.intx_on = false;
+        }
         for (index, st) in [(MSI_INDEX, &mut s.msi), (MSIX_INDEX, &mut s.msix)] {
             if st.host_count > 0 {
                 if let Err(e) = self.host.disable(index) {
@@ -389,6 +495,21 @@ impl HostIrqs {
             s.releases,
             s.msix_disables,
             s.type_switches
+        ) + &self.describe_intx()
+    }
+
+    fn describe_intx(&self) -> String {
+        let s = self.lock();
+        if s.intx_fds.is_none() {
+            return String::new();
+        }
+        format!(
+            "; INTx {}: relayed {}, unmasks {}, enables {}, disables {}",
+            if s.intx_on { "on" } else { "off" },
+            s.stats.intx_relayed,
+            s.stats.intx_unmasks,
+            s.stats.intx_enables,
+            s.stats.intx_disables
         )
     }
 
@@ -470,6 +591,13 @@ pub(crate) mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("set {index} {start} {fds:?}"));
+            Ok(())
+        }
+        fn set_unmask(&self, index: u32, fd: RawFd) -> std::io::Result<()> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("unmask {index} {fd}"));
             Ok(())
         }
         fn disable(&self, index: u32) -> std::io::Result<()> {

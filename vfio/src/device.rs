@@ -8,11 +8,12 @@ use pci::config::{reg, ConfigSpace, CONFIG_SPACE_SIZE};
 use pci::{Bar, BarKind, MsiCapability, MsixCapability, MsixLayout, PciDevice};
 
 use crate::bars::{guest_bar, mmap_areas, msix_ranges, RegionInfo};
-use crate::chip::{HostIrqs, IrqMode, VfioChip, MSIX_INDEX, MSI_INDEX};
+use crate::chip::{HostIrqs, IrqMode, VfioChip, INTX_INDEX, MSIX_INDEX, MSI_INDEX};
 use crate::config::{
     host_msi_info, host_msix_layout, route_read, route_write, CapPolicy, ConfigIo, ConfigLayout,
 };
 use crate::host::{Bdf, HostAccess, HostError};
+use crate::intx::{Intx, IntxLine};
 
 /// Guest memory slots for BAR areas that go straight to the device (KVM memory slots).
 pub trait MmioSlots: Send + Sync {
@@ -67,6 +68,7 @@ pub struct VfioPciDevice {
     slots: Arc<dyn MmioSlots>,
     windows: Vec<(u64, u64)>,
     irqs: Arc<HostIrqs>,
+    intx: Option<Arc<Intx>>,
     // The domains live as long as the device.
     _domains: Vec<Arc<DeviceDomain>>,
 }
@@ -80,6 +82,9 @@ pub enum DeviceError {
     /// `msix=dynamic` on a host without dynamic MSI-X.
     #[error("vfio {0}: msix=dynamic, but the host's MSI-X is NORESIZE (vectors cannot be added while enabled); use msix=reenable or leave msix= out")]
     NoDynamic(Bdf),
+    /// INTx eventfds or their relay watch could not be set up.
+    #[error("vfio {0}: INTx: {1}")]
+    Intx(Bdf, std::io::Error),
     /// The capabilities cannot be emulated.
     #[error("vfio {0}: {1}")]
     Pci(Bdf, pci::Error),
@@ -110,7 +115,8 @@ impl VfioPciDevice {
             raw[reg::PROG_IF],
             raw[reg::REVISION],
         );
-        // Single-function, subsystem IDs as the host's; no expansion ROM, no INTx pin.
+        // Single-function, subsystem IDs as the host's; no expansion ROM, no INTx pin
+        // (until `attach_intx`).
         shadow.set_bytes(reg::HEADER_TYPE, &[raw[reg::HEADER_TYPE] & 0x7f]);
         shadow.set_bytes(reg::SUBSYSTEM_VENDOR_ID, &raw[0x2c..0x30]);
         shadow.set_bytes(reg::INTERRUPT_PIN, &[0]);
@@ -239,8 +245,58 @@ impl VfioPciDevice {
             slots,
             windows,
             irqs,
+            intx: None,
             _domains: domains,
         })
+    }
+
+    /// Gives the function INTx (interrupt pin INTA, interrupt line `irq_line`) driving
+    /// `line`, with its trigger watched by `hierarchy`'s relay thread. Returns `None` (the
+    /// guest keeps seeing pin 0) when the host function has no INTx. Host INTx is enabled
+    /// when the guest unmasks the line's pin while INTx is wanted ([`Intx::pin_mask_changed`]).
+    pub fn attach_intx(
+        &mut self,
+        hierarchy: &Arc<InterruptHierarchy>,
+        line: Arc<dyn IntxLine>,
+        irq_line: u8,
+    ) -> Result<Option<Arc<Intx>>, DeviceError> {
+        let bdf = self.host.bdf();
+        let raw = self.host.read_config_space()?;
+        let (count, _) = self.host.irq_info(INTX_INDEX);
+        if count == 0 || raw[reg::INTERRUPT_PIN] == 0 {
+            return Ok(None);
+        }
+        let io = |e| DeviceError::Intx(bdf, e);
+        let intx = Intx::new(self.irqs.clone(), line).map_err(io)?;
+        let listener: Arc<dyn interrupt::SignalListener> = intx.clone();
+        hierarchy
+            .watch_signal(intx.trigger(), Arc::downgrade(&listener))
+            .map_err(io)?;
+        self.shadow.set_bytes(reg::INTERRUPT_PIN, &[1]);
+        self.shadow.set_bytes(reg::INTERRUPT_LINE, &[irq_line]);
+        self.intx = Some(intx);
+        self.sync_intx();
+        info!("{}: INTx on INTA, line {irq_line}", self.name);
+        Ok(self.intx.clone())
+    }
+
+    /// The function's INTx, if it has one.
+    pub fn intx(&self) -> Option<&Arc<Intx>> {
+        self.intx.as_ref()
+    }
+
+    /// INTx is wanted while the guest has neither MSI nor MSI-X enabled and has not set
+    /// INTx disable.
+    fn intx_wanted(&self) -> bool {
+        !self.msi.as_ref().is_some_and(|m| m.enabled())
+            && !self.msix.as_ref().is_some_and(|m| m.enabled())
+            && self.shadow.u16_at(reg::COMMAND) & pci::config::command::INTX_DISABLE == 0
+    }
+
+    fn sync_intx(&self) {
+        if let Some(intx) = &self.intx {
+            intx.set_wanted(self.intx_wanted());
+        }
     }
 
     /// The device's host interrupt state (counters for the hierarchy view and tests).
@@ -385,6 +441,7 @@ impl PciDevice for VfioPciDevice {
                 m.update(&self.shadow);
                 enabled = m.enabled().then_some(MSIX_INDEX);
             }
+            self.sync_intx();
             if let Some(index) = enabled {
                 if let Err(e) = self.irqs.guest_enabled(index) {
                     warn!("{}: {e}", self.name);
@@ -406,6 +463,9 @@ impl PciDevice for VfioPciDevice {
         let touches = |s: usize, e: usize| offset < e && end > s;
         if touches(reg::COMMAND, reg::COMMAND + 2) || touches(reg::BAR0, reg::BAR0 + 24) {
             self.sync_bars();
+        }
+        if touches(reg::COMMAND, reg::COMMAND + 2) {
+            self.sync_intx();
         }
     }
 
@@ -632,6 +692,97 @@ mod tests {
             vec![],
         );
         assert!(matches!(r, Err(DeviceError::NoDynamic(_))));
+    }
+
+    #[derive(Default)]
+    struct Line(Mutex<Vec<bool>>);
+
+    impl IntxLine for Line {
+        fn set_level(&self, asserted: bool) {
+            self.0.lock().unwrap().push(asserted);
+        }
+    }
+
+    #[test]
+    fn intx_gets_pin_inta_and_follows_msix_and_intx_disable() {
+        let mut t = setup(MsixPolicy::Auto, true);
+        let line = Arc::new(Line::default());
+        let intx =
+            t.d.attach_intx(&t._h, line.clone(), 17)
+                .unwrap()
+                .expect("host has INTx");
+        assert_eq!(t.cfg(0x3c) & 0xffff, 0x0111, "pin INTA, line 17");
+        assert!(t.host.calls.lock().unwrap().is_empty(), "pin masked");
+        intx.pin_mask_changed(false);
+        assert_eq!(
+            t.host.calls.lock().unwrap()[..],
+            ["set 0 0 1", "unmask 0"],
+            "host INTx on at the pin's unmask"
+        );
+        // The host signals: the relay thread asserts the line.
+        intx.trigger().write(1).unwrap();
+        let mut waited = 0;
+        while line.0.lock().unwrap().is_empty() && waited < 500 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+        assert_eq!(*line.0.lock().unwrap(), vec![true]);
+        intx.end_of_interrupt();
+        assert_eq!(t.d.host_irqs().stats().intx_unmasks, 1);
+        // INTx disable (command bit 10), then cleared again.
+        t.d.write_config(4, &command::INTX_DISABLE.to_le_bytes());
+        assert!(!t.d.host_irqs().intx_enabled());
+        t.d.write_config(4, &0u16.to_le_bytes());
+        assert!(t.d.host_irqs().intx_enabled());
+        // MSI-X enabled by the guest: INTx off, MSI-X on.
+        enable_msix_and_unmask(&mut t, 0);
+        assert!(!t.d.host_irqs().intx_enabled());
+        let calls = t.host.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls[2..],
+            [
+                "disable 0",
+                "set 0 0 1",
+                "unmask 0",
+                "disable 0",
+                "set 2 0 1",
+                "set 2 0 1"
+            ]
+        );
+        // MSI-X disabled: back to INTx, host MSI-X off first.
+        t.d.write_config(0x52, &0u16.to_le_bytes());
+        assert!(t.d.host_irqs().intx_enabled());
+        assert!(t.d.host_irqs().describe().contains("INTx on"));
+    }
+
+    #[test]
+    fn a_host_without_intx_keeps_pin_zero() {
+        let regions = vec![RegionInfo {
+            size: 0x4000,
+            ..Default::default()
+        }];
+        let mut fake = FakeHost::new(host_raw(), regions, 1, 65, true);
+        fake.intx = 0;
+        let h = InterruptHierarchy::new(
+            Arc::new(KvmVectorLayer::new(
+                Arc::new(RecordingBackend::default()),
+                24,
+                4096,
+            )),
+            Arc::new(NoRemap),
+        );
+        let mut d = VfioPciDevice::new(
+            Arc::new(fake),
+            &h,
+            RequesterId(8),
+            MsixPolicy::Auto,
+            Arc::new(Slots::default()),
+            vec![],
+        )
+        .unwrap();
+        let r = d.attach_intx(&h, Arc::new(Line::default()), 16).unwrap();
+        assert!(r.is_none());
+        assert_eq!(d.read_config(0x3c) >> 8 & 0xff, 0);
     }
 
     #[test]

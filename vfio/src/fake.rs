@@ -19,7 +19,9 @@ pub struct FakeHost {
     pub msi: (u32, bool),
     /// MSI-X vectors and whether they can be added while enabled.
     pub msix: (u32, bool),
-    /// Interrupt calls, in order (`set INDEX START [fds]`, `disable INDEX`).
+    /// INTx interrupts (1 for a function with a pin, 0 without).
+    pub intx: u32,
+    /// Interrupt calls, in order (`set INDEX START [fds]`, `unmask INDEX`, `disable INDEX`).
     pub calls: Mutex<Vec<String>>,
     /// Region writes `(index, offset, bytes)`.
     pub region_writes: Mutex<Vec<(u32, u64, Vec<u8>)>>,
@@ -40,6 +42,7 @@ impl FakeHost {
             regions,
             msi: (msi, false),
             msix: (msix, dynamic),
+            intx: 1,
             calls: Mutex::new(Vec::new()),
             region_writes: Mutex::new(Vec::new()),
         }
@@ -75,6 +78,13 @@ impl IrqHost for FakeHost {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(format!("set {index} {start} {}", fds.len()));
+        Ok(())
+    }
+    fn set_unmask(&self, index: u32, _fd: RawFd) -> std::io::Result<()> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("unmask {index}"));
         Ok(())
     }
     fn disable(&self, index: u32) -> std::io::Result<()> {
@@ -153,6 +163,8 @@ impl HostAccess for FakeHost {
             self.msix
         } else if index == crate::chip::MSI_INDEX {
             self.msi
+        } else if index == crate::chip::INTX_INDEX {
+            (self.intx, false)
         } else {
             (0, false)
         }

@@ -13,6 +13,8 @@
 //! - [`chip`]: the chip of the device's MSI and MSI-X domains — a guest vector's activation
 //!   binds the host vector to the vector's KVM irqfd, one vector at a time where the host
 //!   allows it;
+//! - [`intx`]: INTx as a level-triggered IOAPIC line through the VMM (relay thread on the
+//!   host's trigger, the guest's EOI unmasks the host);
 //! - [`device`]: the [`pci::PciDevice`] tying these together.
 
 pub mod bars;
@@ -22,7 +24,9 @@ pub mod config;
 pub mod device;
 pub mod fake;
 pub mod host;
+pub mod intx;
 
 pub use chip::{HostIrqStats, HostIrqs, IrqMode, VfioChip};
 pub use device::{DeviceError, MmioSlots, MsixPolicy, VfioPciDevice};
 pub use host::{preflight, Bdf, Container, HostAccess, HostDevice, HostError};
+pub use intx::{Intx, IntxLine};

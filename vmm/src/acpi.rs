@@ -139,6 +139,10 @@ pub struct AcpiConfig {
     pub pm_port: u16,
     /// Describe COM1 (`PNP0501`, I/O `0x3F8`-`0x3FF`, ISA IRQ 4) in the DSDT.
     pub serial_com1: bool,
+    /// PCI INTx routing on bus 0: `(slot, gsi)` for each function whose pin INTA is wired
+    /// to I/O APIC input `gsi` (a `_PRT` entry with a static GSI, which Linux programs
+    /// level-triggered, active-low). Empty: no `_PRT`.
+    pub pci_intx: Vec<(u8, u32)>,
     /// Additional, complete and already-checksummed tables (e.g. a DMAR) to
     /// place in guest memory and list in the XSDT. Each must start with a
     /// standard 36-byte header whose length field equals the vector length.
@@ -345,18 +349,33 @@ fn build_dsdt(cfg: &AcpiConfig) -> Sdt {
         pci_res.push(&mem64);
     }
     let pci_crs = ResourceTemplate::new(pci_res);
-    let pci0 = RawAml(to_bytes(&Device::new(
-        "PCI0".into(),
-        vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0A08")),
-            &Name::new("_CID".into(), &EISAName::new("PNP0A03")),
-            &Name::new("_ADR".into(), &aml::ZERO),
-            &Name::new("_SEG".into(), &aml::ZERO),
-            &Name::new("_UID".into(), &aml::ZERO),
-            &Name::new("_BBN".into(), &aml::ZERO),
-            &Name::new("_CRS".into(), &pci_crs),
-        ],
-    )));
+    // _PRT: Package { Address (slot << 16 | 0xFFFF), Pin (0 = INTA), Source (0: the index is
+    // a GSI), SourceIndex (GSI) } per INTx function.
+    let prt_addrs: Vec<u32> = cfg
+        .pci_intx
+        .iter()
+        .map(|&(slot, _)| (u32::from(slot) << 16) | 0xffff)
+        .collect();
+    let prt_entries: Vec<Package> = cfg
+        .pci_intx
+        .iter()
+        .zip(&prt_addrs)
+        .map(|((_, gsi), addr)| Package::new(vec![addr, &aml::ZERO, &aml::ZERO, gsi]))
+        .collect();
+    let prt_package = Package::new(prt_entries.iter().map(|p| p as &dyn Aml).collect());
+    let prt = Name::new("_PRT".into(), &prt_package);
+    let hid = Name::new("_HID".into(), &EISAName::new("PNP0A08"));
+    let cid = Name::new("_CID".into(), &EISAName::new("PNP0A03"));
+    let adr = Name::new("_ADR".into(), &aml::ZERO);
+    let seg = Name::new("_SEG".into(), &aml::ZERO);
+    let uid = Name::new("_UID".into(), &aml::ZERO);
+    let bbn = Name::new("_BBN".into(), &aml::ZERO);
+    let crs = Name::new("_CRS".into(), &pci_crs);
+    let mut pci0_children: Vec<&dyn Aml> = vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs];
+    if !cfg.pci_intx.is_empty() {
+        pci0_children.push(&prt);
+    }
+    let pci0 = RawAml(to_bytes(&Device::new("PCI0".into(), pci0_children)));
 
     // \_SB.MBRD: motherboard resources, reserves the ECAM window so Linux
     // accepts the MCFG region even if the E820 map does not reserve it.
@@ -653,6 +672,7 @@ mod tests {
             pci_mmio64: (0x100_0000_0000, 0x10_0000_0000),
             pm_port: 0x3c0,
             serial_com1: true,
+            pci_intx: Vec::new(),
             extra_tables: Vec::new(),
         }
     }
@@ -918,6 +938,28 @@ mod tests {
         let (_, entries) = tables(&mem);
         let dsdt = read_table(&mem, u64_at(find(&entries, b"FACP"), 140));
         assert!(!contains(&dsdt, b"COM1"));
+    }
+
+    #[test]
+    fn prt_routes_inta_of_each_intx_slot_to_its_gsi() {
+        let mem = build(&config(1));
+        let (_, entries) = tables(&mem);
+        let dsdt = read_table(&mem, u64_at(find(&entries, b"FACP"), 140));
+        assert!(!contains(&dsdt, b"_PRT"), "no INTx function, no _PRT");
+        let mut cfg = config(1);
+        cfg.pci_intx = vec![(3, 16), (5, 17)];
+        let mem = build(&cfg);
+        let (_, entries) = tables(&mem);
+        let dsdt = read_table(&mem, u64_at(find(&entries, b"FACP"), 140));
+        assert!(contains(&dsdt, b"_PRT"));
+        // Package(4) { DWord 0x0003FFFF, Zero, Zero, 16 (byte) }.
+        let entry = |slot: u8, gsi: u8| {
+            vec![
+                0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, slot, 0x00, 0x00, 0x00, 0x0a, gsi,
+            ]
+        };
+        assert!(contains(&dsdt, &entry(3, 16)), "{dsdt:x?}");
+        assert!(contains(&dsdt, &entry(5, 17)));
     }
 
     #[test]

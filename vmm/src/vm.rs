@@ -465,6 +465,7 @@ impl Vm {
         ];
         let mut vfio_hosts = vfio_hosts.into_iter();
         let mut vfio_devices = Vec::new();
+        let mut pci_intx = Vec::new();
         let mut root = PciRoot::new();
         for dev in &config.devices {
             let slot = root
@@ -480,17 +481,17 @@ impl Vm {
                     let host = vfio_hosts
                         .next()
                         .ok_or_else(|| VmError::Device("vfio device not opened".into()))?;
-                    let d = Arc::new(Mutex::new(
-                        vfio::VfioPciDevice::new(
-                            host,
-                            &hierarchy,
-                            requester,
-                            *msix,
-                            mmio_slots.clone(),
-                            windows.clone(),
-                        )
-                        .map_err(|e| VmError::Vfio(e.to_string()))?,
-                    ));
+                    let mut v = vfio::VfioPciDevice::new(
+                        host,
+                        &hierarchy,
+                        requester,
+                        *msix,
+                        mmio_slots.clone(),
+                        windows.clone(),
+                    )
+                    .map_err(|e| VmError::Vfio(e.to_string()))?;
+                    attach_intx(&mut v, &hierarchy, &ioapic, slot, &mut pci_intx)?;
+                    let d = Arc::new(Mutex::new(v));
                     vfio_devices.push(d.clone());
                     d
                 }
@@ -598,6 +599,7 @@ impl Vm {
             pci_mmio64: (mmio64_start, PCI_MMIO64_SIZE),
             pm_port: ACPI_PM_PORT,
             serial_com1: serial.is_some(),
+            pci_intx,
             extra_tables,
         };
         let rsdp = acpi::create_acpi_tables(
@@ -991,6 +993,62 @@ fn run_vcpu(
                 return;
             }
         }
+    }
+}
+
+/// First I/O APIC input for PCI INTx; pass-through functions get 16, 17, ... 23 in order.
+const INTX_FIRST_PIN: usize = 16;
+
+/// Gives pass-through function `v` at `slot` INTx on the next free I/O APIC input (pins
+/// 16..24, one per function, none shared), recording the routing for the ACPI `_PRT`.
+fn attach_intx(
+    v: &mut vfio::VfioPciDevice,
+    hierarchy: &Arc<InterruptHierarchy>,
+    ioapic: &Arc<Ioapic>,
+    slot: u8,
+    pci_intx: &mut Vec<(u8, u32)>,
+) -> Result<(), VmError> {
+    let pin = INTX_FIRST_PIN + pci_intx.len();
+    if pin >= devices::ioapic::NUM_PINS {
+        warn!("{}: no I/O APIC input left for INTx", v.name());
+        return Ok(());
+    }
+    let line = Arc::new(IoapicLine {
+        ioapic: ioapic.clone(),
+        pin,
+    });
+    let intx = v
+        .attach_intx(hierarchy, line, pin as u8)
+        .map_err(|e| VmError::Vfio(e.to_string()))?;
+    if let Some(intx) = intx {
+        ioapic.set_eoi_listener(pin, Arc::new(IntxEoi(intx)));
+        pci_intx.push((slot, pin as u32));
+    }
+    Ok(())
+}
+
+/// A pass-through function's INTx line: an I/O APIC input.
+struct IoapicLine {
+    ioapic: Arc<Ioapic>,
+    pin: usize,
+}
+
+impl vfio::IntxLine for IoapicLine {
+    fn set_level(&self, asserted: bool) {
+        self.ioapic.set_irq(self.pin, asserted);
+    }
+}
+
+/// The guest's EOI of an INTx line deasserts it and unmasks the host's INTx; the pin's
+/// unmask turns host INTx on.
+struct IntxEoi(Arc<vfio::Intx>);
+
+impl devices::ioapic::EoiListener for IntxEoi {
+    fn end_of_interrupt(&self, _pin: usize) {
+        self.0.end_of_interrupt();
+    }
+    fn mask_changed(&self, _pin: usize, masked: bool) {
+        self.0.pin_mask_changed(masked);
     }
 }
 
