@@ -161,6 +161,8 @@ pub struct DeviceDomain {
     requester: RequesterId,
     hierarchy: Arc<InterruptHierarchy>,
     chip: Option<Arc<dyn MsiChip>>,
+    /// `chip.host_signalled()`, read once (every fire asks).
+    host_signalled: bool,
     me: Weak<DeviceDomain>,
     vectors: Mutex<Vec<VectorDesc>>,
     /// Per-vector state read without the lock by [`fire`](DeviceDomain::fire).
@@ -206,6 +208,7 @@ impl DeviceDomain {
             kind,
             requester,
             hierarchy,
+            host_signalled: chip.as_ref().is_some_and(|c| c.host_signalled()),
             chip,
             me,
             vectors: Mutex::new(vectors),
@@ -221,7 +224,7 @@ impl DeviceDomain {
     /// Whether the vectors are signalled from outside the VMM's device models (see
     /// [`MsiChip::host_signalled`]).
     pub fn is_host_signalled(&self) -> bool {
-        self.chip.as_ref().is_some_and(|c| c.host_signalled())
+        self.host_signalled
     }
 
     /// The trigger of vector `index` of a host-signalled domain: the eventfd its producer

@@ -233,20 +233,12 @@ impl HostIrqs {
         };
         let mut guard = self.lock();
         let s = &mut *guard;
-        // One interrupt type at a time on the host.
-        self.intx_off(s).map_err(err)?;
-        let (mine, other, other_index) = if index == MSIX_INDEX {
-            (&mut s.msix, &mut s.msi, MSI_INDEX)
+        self.only_type_on_host(s, index).map_err(err)?;
+        let mine = if index == MSIX_INDEX {
+            &mut s.msix
         } else {
-            (&mut s.msi, &mut s.msix, MSIX_INDEX)
+            &mut s.msi
         };
-        if other.host_count > 0 {
-            s.stats.set_irqs += 1;
-            self.host.disable(other_index).map_err(err)?;
-            other.host_count = 0;
-            other.triggers.iter_mut().for_each(|t| *t = None);
-            s.stats.type_switches += 1;
-        }
         let v = vector as u32;
         // Dynamic MSI-X, or a vector the host already has: this vector alone.
         let grow_needed = v >= mine.host_count;
@@ -321,21 +313,14 @@ impl HostIrqs {
         };
         let mut guard = self.lock();
         let s = &mut *guard;
-        self.intx_off(s).map_err(err)?;
-        let (mine, other, other_index) = if index == MSIX_INDEX {
-            (&mut s.msix, &mut s.msi, MSI_INDEX)
+        self.only_type_on_host(s, index).map_err(err)?;
+        let mine = if index == MSIX_INDEX {
+            &mut s.msix
         } else {
-            (&mut s.msi, &mut s.msix, MSIX_INDEX)
+            &mut s.msi
         };
         if mine.host_count > 0 {
             return Ok(false);
-        }
-        if other.host_count > 0 {
-            s.stats.set_irqs += 1;
-            self.host.disable(other_index).map_err(err)?;
-            other.host_count = 0;
-            other.triggers.iter_mut().for_each(|t| *t = None);
-            s.stats.type_switches += 1;
         }
         let n = if index == MSI_INDEX { count } else { 1 };
         s.stats.set_irqs += 1;
@@ -373,6 +358,25 @@ impl HostIrqs {
                 index: vector,
                 source,
             })
+    }
+
+    /// One interrupt type at a time on the host: before `index` (MSI or MSI-X) goes on, host
+    /// INTx and the other message type go off (the latter counted as a type switch).
+    fn only_type_on_host(&self, s: &mut HostIrqState, index: u32) -> std::io::Result<()> {
+        self.intx_off(s)?;
+        let (other, other_index) = if index == MSIX_INDEX {
+            (&mut s.msi, MSI_INDEX)
+        } else {
+            (&mut s.msix, MSIX_INDEX)
+        };
+        if other.host_count > 0 {
+            s.stats.set_irqs += 1;
+            self.host.disable(other_index)?;
+            other.host_count = 0;
+            other.triggers.iter_mut().for_each(|t| *t = None);
+            s.stats.type_switches += 1;
+        }
+        Ok(())
     }
 
     /// Host INTx off (if on), before MSI or MSI-X goes on.

@@ -416,42 +416,40 @@ impl Sandbox {
     }
 
     /// Registers the worker filter as the devices crate's thread-start hook, so device
-    /// worker threads confine themselves when they start.
+    /// worker threads (and the interrupt relay) confine themselves when they start.
     pub fn install_worker_hook(self: &std::sync::Arc<Self>) {
-        if self.worker.is_none() {
-            return;
-        }
         static INSTALLED: OnceLock<()> = OnceLock::new();
-        let me = self.clone();
-        INSTALLED.get_or_init(|| {
-            devices::worker::set_thread_start_hook(Box::new(move |name| {
-                if let Err(e) = me.apply(ThreadKind::Worker, name) {
-                    // A device worker must not run unconfined.
-                    eprintln!("error: {e}");
-                    std::process::exit(1);
-                }
-            }));
-        });
+        if self.worker.is_some() {
+            INSTALLED.get_or_init(|| {
+                devices::worker::set_thread_start_hook(self.start_hook(ThreadKind::Worker));
+            });
+        }
     }
-}
 
-impl Sandbox {
     /// Registers the block filter as the virtio crate's thread-start hook (virtio-blk queue
     /// workers confine themselves when they start).
     pub fn install_virtio_hook(self: &std::sync::Arc<Self>) {
-        if self.block.is_none() {
-            return;
-        }
         static INSTALLED: OnceLock<()> = OnceLock::new();
+        if self.block.is_some() {
+            INSTALLED.get_or_init(|| {
+                virtio::thread::set_thread_start_hook(self.start_hook(ThreadKind::Block));
+            });
+        }
+    }
+
+    /// A thread-start hook applying `kind`'s filter: a worker must not run unconfined, so a
+    /// failure ends the VMM.
+    fn start_hook(
+        self: &std::sync::Arc<Self>,
+        kind: ThreadKind,
+    ) -> interrupt::worker::ThreadStartHook {
         let me = self.clone();
-        INSTALLED.get_or_init(|| {
-            virtio::thread::set_thread_start_hook(Box::new(move |name| {
-                if let Err(e) = me.apply(ThreadKind::Block, name) {
-                    eprintln!("error: {e}");
-                    std::process::exit(1);
-                }
-            }));
-        });
+        Box::new(move |name| {
+            if let Err(e) = me.apply(kind, name) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        })
     }
 }
 
