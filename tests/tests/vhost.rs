@@ -307,33 +307,41 @@ fn nested_net_and_vsock_once() {
 
     // L1 -> L2, no affinity moves: the vhost worker's signals never reach a VMM thread
     let before_irqs = l2_net_irqs(&mut s, "before");
-    s.send_line("vhost-probe tcp-recv 5000 | sha256sum | sed \"s/^/@@L2 rx\"\"-in /\" &");
+    // The sums go to files and are printed only once both ends are done: L1's and L2's
+    // console output (and the vmm's SIGUSR1 dump) share one console, so a line printed
+    // while the other side prints can be cut in two.
+    s.send_line(
+        "(vhost-probe tcp-recv 5000 | sha256sum >/tmp/rx-in.sum; echo \"@@L2 rx\"\"-in-done\") &",
+    );
     s.l1_run(&format!(
         "dd if=/dev/urandom of=/tmp/tx bs=1M count={MIB_IN} 2>/dev/null; \
-         echo \"@@L1 tx-in $(sha256sum </tmp/tx)\"; \
-         vhost-probe tcp-send {L2_IP} 5000 </tmp/tx && echo @@L1 sent-in"
+         sha256sum </tmp/tx >/tmp/tx-in.sum; echo @@L1 tx-in-ready; \
+         vhost-probe tcp-send {L2_IP} 5000 </tmp/tx"
     ));
-    let sent = s
-        .wait_for("@@L1 tx-in ", long)
+    s.wait_for("@@L1 tx-in-ready", long)
         .unwrap_or_else(|e| panic!("{e}"));
     let started = Instant::now();
     let dump_from = s.lines().len();
     std::thread::sleep(Duration::from_secs(2));
     s.signal("USR1"); // mid-transfer snapshot
-    let rx = s
-        .wait_for("@@L2 rx-in ", long)
+    s.wait_for("@@L2 rx-in-done", long)
         .unwrap_or_else(|e| panic!("{e}"));
     let secs = started.elapsed().as_secs_f64();
-    let sum = |l: &str, tag: &str| {
-        l.split_once(tag)
-            .map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string())
-            .unwrap_or_default()
+    let sums = |s: &mut GuestSession, l2_file: &str, l1_file: &str| {
+        s.send_line(&format!("echo \"@@L2 su\"\"m $(cut -c1-64 {l2_file})\""));
+        let l2 = s.wait_for("@@L2 sum ", t).unwrap_or_else(|e| panic!("{e}"));
+        s.l1_run(&format!("echo \"@@L1 sum $(cut -c1-64 {l1_file})\""));
+        let l1 = s.wait_for("@@L1 sum ", t).unwrap_or_else(|e| panic!("{e}"));
+        let hex = |l: &str, tag: &str| {
+            l.split_once(tag)
+                .map(|(_, r)| r.split_whitespace().next().unwrap_or("").to_string())
+                .unwrap_or_default()
+        };
+        (hex(&l1, "@@L1 sum "), hex(&l2, "@@L2 sum "))
     };
-    assert_eq!(
-        sum(&sent, "@@L1 tx-in "),
-        sum(&rx, "@@L2 rx-in "),
-        "L1 -> L2 checksum"
-    );
+    let (l1_sum, l2_sum) = sums(&mut s, "/tmp/rx-in.sum", "/tmp/tx-in.sum");
+    assert_eq!(l1_sum.len(), 64, "L1 sum: {l1_sum}");
+    assert_eq!(l1_sum, l2_sum, "L1 -> L2 checksum");
     eprintln!(
         "L1 -> L2: {MIB_IN} MiB in {secs:.1} s ({:.1} MiB/s, TCG nested)",
         f64::from(MIB_IN) / secs
@@ -372,7 +380,7 @@ fn nested_net_and_vsock_once() {
     );
 
     // L2 -> L1 while L2 moves the queue interrupts between its two CPUs
-    s.l1_run("vhost-probe tcp-recv 5001 | sha256sum | sed 's/^/@@L1 rx-out /'");
+    s.l1_run("vhost-probe tcp-recv 5001 | sha256sum >/tmp/rx-out.sum; echo @@L1 rx-out-done");
     // each round moves both queue interrupts to the other CPU and counts the writes that
     // took effect; it runs until the transfer is over
     s.send_line(
@@ -383,19 +391,10 @@ fn nested_net_and_vsock_once() {
     );
     s.send_line(&format!(
         "dd if=/dev/urandom of=/tmp/tx bs=1M count={MIB_OUT} 2>/dev/null; \
-         echo \"@@L2 tx\"\"-out $(sha256sum </tmp/tx)\"; vhost-probe tcp-send {L1_IP} 5001 </tmp/tx"
+         sha256sum </tmp/tx >/tmp/tx-out.sum; vhost-probe tcp-send {L1_IP} 5001 </tmp/tx"
     ));
-    let sent = s
-        .wait_for("@@L2 tx-out ", long)
+    s.wait_for("@@L1 rx-out-done", long)
         .unwrap_or_else(|e| panic!("{e}"));
-    let rx = s
-        .wait_for("@@L1 rx-out ", long)
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        sum(&sent, "@@L2 tx-out "),
-        sum(&rx, "@@L1 rx-out "),
-        "L2 -> L1 checksum with affinity moves"
-    );
     s.send_line("touch /tmp/stop");
     let moves = s
         .wait_for("@@L2 moves ", t)
@@ -405,6 +404,9 @@ fn nested_net_and_vsock_once() {
         .and_then(|(_, r)| r.trim().parse().ok())
         .unwrap_or(0);
     assert!(n >= 4, "affinity moves during the transfer: {moves}");
+    let (l1_sum, l2_sum) = sums(&mut s, "/tmp/tx-out.sum", "/tmp/rx-out.sum");
+    assert_eq!(l2_sum.len(), 64, "L2 sum: {l2_sum}");
+    assert_eq!(l1_sum, l2_sum, "L2 -> L1 checksum with affinity moves");
     eprintln!("L2 -> L1 with {n} queue-interrupt moves: checksums match");
     // and the link still works both ways after the moves
     let out = s.run_marked(&format!("ping -c 2 -W 5 {L1_IP}"), "ping-after-done", long);
