@@ -92,9 +92,15 @@ fn dsa_sigusr1_dump_ctrl_c_to_guest_then_sigint_130_once() {
     expect(&s, "alive-42");
 
     // Ctrl-C interrupts the guest's foreground command instead of ending the vmm.
-    s.send_line("echo sleeping-$((3*3)); sleep 1000");
+    // The marker comes from the foreground job itself, which then becomes the sleep: a ^C
+    // sent once it is seen cannot reach the shell between its echo and the sleep's fork.
+    s.send_line("sh -c 'echo sleeping-$((3*3)); exec sleep 1000'");
     expect(&s, "sleeping-9");
     s.send_bytes(b"\x03");
+    // The guest's tty discards input queued behind the ^C when it signals: type the next
+    // line only once the shell is back at its prompt.
+    s.wait_for_prompt(PROMPT, cmd_timeout(s.mode()))
+        .unwrap_or_else(|e| panic!("no prompt after Ctrl-C: {e}"));
     s.send_line("echo after-$((1+1))");
     expect(&s, "after-2");
 
