@@ -541,6 +541,16 @@ impl Driver {
         }
     }
 
+    /// Guest-physical bytes of the interrupt remapping table in use.
+    pub fn table_range(&self) -> std::ops::Range<u64> {
+        let entries = match self.summary_field("entries") {
+            0 => 2u64 << (self.read64(offset::IRTA) & 0xF),
+            n => n,
+        };
+        let base = self.table_base();
+        base..base.saturating_add(entries * 16)
+    }
+
     pub fn signalled(&self) -> usize {
         self.backend.signalled.lock().unwrap().len()
     }
@@ -756,10 +766,18 @@ impl Driver {
         let tail = (self.read64(offset::IQT) >> 4) & 0x7FFF;
         let mut scopes = Vec::new();
         let mut slot = tail;
+        let table = self.table_range();
         for d in descs {
             let (qw0, qw1) = self.desc_bits(*d);
             if qw0 & 0xF == 4 && (qw0 >> 9) & 7 == 0 {
                 scopes.push(iec_scope(qw0));
+            }
+            // A status write landing in the table changes IRTEs after the invalidations
+            // before it: hardware keeps serving its cached entries until the next one, so
+            // what those invalidations translated is no longer what the table says.
+            let status = qw1 & !3;
+            if qw0 & 0xF == 5 && qw0 & (1 << 5) != 0 && status < table.end && status + 4 > table.start {
+                scopes.clear();
             }
             let a = base.wrapping_add(slot * 16);
             self.write_mem(a, &qw0.to_le_bytes());
