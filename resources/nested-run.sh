@@ -6,7 +6,8 @@
 #   nested-run.sh --vmm PATH --kernel L2_BZIMAGE --initramfs L2_INITRAMFS
 #                 [--l1-mem MiB (default 3072)] [--l1-smp N (default 2)]
 #                 [--file HOSTPATH:L1PATH]... [--env NAME=VALUE]... [--control SOCKET]
-#                 [--vhost] [--vfio] [--keep] -- <remaining vmm args>
+#                 [--vhost] [--vfio] [--l1-watchdog SECS (default 60)] [--keep]
+#                 -- <remaining vmm args>
 #
 # Inside L1 this runs
 #   /vmm --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio.gz <remaining vmm args>
@@ -29,6 +30,11 @@
 # VFIO_NVME_GROUP / VFIO_NIC_GROUP) for the vmm; /tmp/l1-vfio-msix.log gets a line
 # "t=<L1 uptime> <host vectors>" each time the set of L1's vfio-msix interrupts changes.
 #
+# --l1-watchdog: from just before the vmm starts, L1 writes a heartbeat byte every 2 s to
+# an isa-debugcon port; when none arrives for SECS seconds L1 has stopped responding (a
+# hung L1 kernel or QEMU vCPU): its CPU registers are dumped and QEMU is stopped, which
+# counts as an L1 death ("L1 stopped responding ..."). 0 turns the watchdog off.
+#
 # Exit status: the vmm's exit status; 120 if L1 never started the vmm (boot failure, no
 # /dev/kvm, ...); 121 if the vmm started but L1 died before reporting its exit status;
 # 2 for usage errors. On 120/121 (unless L1's /init reported a setup error) it prints
@@ -41,10 +47,11 @@ LOG_TAG=nested-run
 # shellcheck source=lib/common.sh
 . "$HERE/lib/common.sh"
 
-usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 bad() { printf '[nested-run] error: %s\n' "$*" >&2; exit 2; }
 
 VMM=""; L2_KERNEL=""; L2_INITRD=""; L1_MEM=3072; L1_SMP=2; KEEP=0; CONTROL=""; VHOST=0; VFIO=0
+WATCHDOG=60
 FILES=(); ENVS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -56,6 +63,7 @@ while [ $# -gt 0 ]; do
         --file) [ $# -ge 2 ] || bad "--file needs a value"; FILES+=("$2"); shift 2 ;;
         --env) [ $# -ge 2 ] || bad "--env needs a value"; ENVS+=("$2"); shift 2 ;;
         --control) [ $# -ge 2 ] || bad "--control needs a value"; CONTROL="$2"; shift 2 ;;
+        --l1-watchdog) [ $# -ge 2 ] || bad "--l1-watchdog needs a value"; WATCHDOG="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --vhost) VHOST=1; shift ;;
         --vfio) VFIO=1; shift ;;
@@ -74,6 +82,7 @@ VMM_ARGS=("$@")
 [ -f "$L2_INITRD" ] || bad "--initramfs '$L2_INITRD' does not exist"
 [[ "$L1_MEM" =~ ^[0-9]+$ ]] || bad "--l1-mem must be a number of MiB"
 [[ "$L1_SMP" =~ ^[0-9]+$ ]] || bad "--l1-smp must be a number"
+[[ "$WATCHDOG" =~ ^[0-9]+$ ]] || bad "--l1-watchdog must be a number of seconds"
 for a in "${VMM_ARGS[@]+"${VMM_ARGS[@]}"}" "${ENVS[@]+"${ENVS[@]}"}"; do
     case "$a" in *$'\n'*) bad "vmm arguments and --env values must not contain newlines" ;; esac
 done
@@ -254,6 +263,11 @@ while IFS= read -r a; do
     set -- "$@" "$a"
 done < /vmm-args
 while IFS= read -r e; do [ -n "$e" ] && export "$e"; done < /vmm-env
+# heartbeat for nested-run.sh's L1 watchdog: one byte every 2 s to the isa-debugcon port
+# 0x402 (/dev/port: no driver, no interrupt); its pid is kept so a test can stop it
+( while :; do printf h | dd of=/dev/port bs=1 seek=1026 count=1 2>/dev/null; sleep 2; done ) &
+heartbeat=$!
+echo "$heartbeat" > /tmp/heartbeat.pid
 watcher=""
 if [ -f /control ] && [ -c /dev/ttyS1 ]; then
     # control channel (--control): one command per line on ttyS1, kept open from here on
@@ -285,6 +299,7 @@ tty_after="$(stty -g </dev/ttyS0 2>/dev/null)"
 stty sane </dev/ttyS0 2>/dev/null
 [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
 [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
+kill "$heartbeat" 2>/dev/null
 echo
 if [ "$tty_before" = "$tty_after" ]; then echo "@@NESTED tty restored"; else echo "@@NESTED tty changed"; fi
 echo "@@NESTED vmm-exit $rc"
@@ -315,6 +330,53 @@ SERIAL_LOG="$WORK/serial.log"
 # and a register dump; TCG dumps only on a reset or INIT, so the file stays small: ~8 KB).
 QEMU_LOG="$WORK/qemu.log"
 QEMU_DEBUG=(-d guest_errors,cpu_reset -D "$QEMU_LOG")
+# L1's heartbeat (see --l1-watchdog) and a human monitor to dump L1's registers on a hang
+HB_LOG="$WORK/heartbeat"
+MON="$WORK/monitor.sock"
+: > "$HB_LOG"
+HB_QEMU=(-chardev "file,id=hb,path=$HB_LOG" -device "isa-debugcon,iobase=0x402,chardev=hb"
+    -monitor "unix:$MON,server=on,wait=off" -pidfile "$WORK/qemu.pid")
+
+# Runs beside QEMU: once the heartbeat has started, a pause of $WATCHDOG seconds means L1
+# stopped responding; then the registers of L1's CPUs go to $WORK/l1-registers, the
+# reason to $WORK/hang, and QEMU is stopped.
+l1_watchdog() {
+    local size last=-1 since now
+    since="$(date +%s)"
+    while sleep 1; do
+        [ -s "$WORK/qemu.pid" ] && kill -0 "$(cat "$WORK/qemu.pid")" 2>/dev/null || continue
+        size="$(stat -c %s "$HB_LOG")"; now="$(date +%s)"
+        if [ "$size" != "$last" ]; then last="$size"; since="$now"; continue; fi
+        [ "$size" -gt 0 ] && [ $((now - since)) -ge "$WATCHDOG" ] || continue
+        echo "L1 stopped responding (no heartbeat for $WATCHDOG s)" > "$WORK/hang"
+        if command -v python3 >/dev/null; then
+            python3 - "$MON" > "$WORK/l1-registers" 2>&1 <<'PY' || true
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(b"info registers -a\n")
+out, end = b"", time.time() + 5
+while time.time() < end:
+    try:
+        chunk = s.recv(65536)
+    except socket.timeout:
+        break
+    if not chunk:
+        break
+    out += chunk
+sys.stdout.write(out.decode(errors="replace").replace("\r", ""))
+PY
+        fi
+        kill -TERM "$(cat "$WORK/qemu.pid")" 2>/dev/null
+        return
+    done
+}
+watchdog=""
+if [ "$WATCHDOG" -gt 0 ]; then
+    l1_watchdog &
+    watchdog=$!
+fi
 log "booting L1 ($KVER, TCG, ${L1_SMP} vCPUs, ${L1_MEM} MiB, initramfs $(du -m "$WORK/l1-initramfs.cpio" | cut -f1) MiB)"
 set +e
 "$QEMU" \
@@ -323,9 +385,10 @@ set +e
     -append "console=ttyS0 quiet loglevel=3 panic=-1 panic_print=0x20 rdinit=/init$L1_APPEND" \
     -chardev "stdio,id=c0,signal=off,logfile=$SERIAL_LOG" -serial chardev:c0 \
     "${CTL_QEMU[@]+"${CTL_QEMU[@]}"}" "${VFIO_QEMU[@]+"${VFIO_QEMU[@]}"}" \
-    -monitor none -display none -nodefaults -no-reboot "${QEMU_DEBUG[@]}"
+    "${HB_QEMU[@]}" -display none -nodefaults -no-reboot "${QEMU_DEBUG[@]}"
 qrc=$?
 set -e
+if [ -n "$watchdog" ]; then kill "$watchdog" 2>/dev/null || true; wait "$watchdog" 2>/dev/null || true; fi
 
 # Why L1 ended without reporting the vmm's status: prints "L1 died: <reason>" (the line
 # the test harness quotes when it retries) and the tails of the evidence, and keeps both
@@ -333,7 +396,9 @@ set -e
 l1_death_evidence() {
     local qrc="$1" reason keep
     reason="$(tr -d '\r' < "$SERIAL_LOG" | grep -o 'Kernel panic - not syncing:.*' | tail -n1 || true)"
-    if [ -n "$reason" ]; then
+    if [ -s "$WORK/hang" ]; then
+        reason="$(cat "$WORK/hang")"
+    elif [ -n "$reason" ]; then
         reason="L1 $reason"
     elif grep -q 'Triple fault' "$QEMU_LOG" 2>/dev/null; then
         reason="L1 triple fault"
@@ -344,6 +409,11 @@ l1_death_evidence() {
     keep="$(mktemp -d "${TMPDIR:-/tmp}/nested-l1-death.XXXXXX")"
     cp "$SERIAL_LOG" "$keep/serial.log" 2>/dev/null || true
     cp "$QEMU_LOG" "$keep/qemu.log" 2>/dev/null || true
+    if [ -s "$WORK/l1-registers" ]; then
+        cp "$WORK/l1-registers" "$keep/l1-registers"
+        log "L1 CPUs when it stopped responding:"
+        grep -E '^(CPU#|RIP=|EIP=)' "$WORK/l1-registers" | sed 's/^/[nested-run]   /' >&2 || true
+    fi
     log "L1 serial log tail:"
     tr -d '\r' < "$SERIAL_LOG" | tail -n 8 | sed 's/^/[nested-run]   serial: /' >&2 || true
     # the events of QEMU's log (resets, triple fault, guest errors) without register dumps

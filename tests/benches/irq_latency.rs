@@ -139,15 +139,19 @@ fn main() {
             })
     };
     let mut out = run();
-    // nested-run.sh: 120/121 = L1 died (TCG nested SVM); retried once like the boot tests
-    if matches!(out.status.code(), Some(120 | 121)) {
+    // nested-run.sh: 120/121 = L1 died (TCG nested SVM); retried like the boot tests
+    for attempt in 2..=tests::NESTED_ATTEMPTS {
+        if !matches!(out.status.code(), Some(120 | 121)) {
+            break;
+        }
         let why = String::from_utf8_lossy(&out.stderr)
             .lines()
             .find_map(|l| l.split("L1 died: ").nth(1).map(str::to_string))
             .unwrap_or_default();
         println!(
-            "nested harness: L1 died (exit {:?}: {why}), retrying once",
-            out.status.code()
+            "nested harness: L1 died (exit {:?}: {why}), retrying (attempt {attempt} of {})",
+            out.status.code(),
+            tests::NESTED_ATTEMPTS
         );
         out = run();
     }

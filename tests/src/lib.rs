@@ -300,7 +300,7 @@ pub struct GuestSession {
     spawned: Instant,
     readers: Vec<JoinHandle<()>>,
     exit: Option<i32>,
-    /// Nested mode with `start_controlled`: the control socket and its connection.
+    /// The control socket and its connection (nested mode, and `start_controlled`).
     control: Option<(PathBuf, Option<std::os::unix::net::UnixStream>)>,
     /// Set when the nested harness reported an L1 death (exit 120/121).
     l1_death: Option<L1Death>,
@@ -313,8 +313,17 @@ impl GuestSession {
         Self::start_with(&cfg).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Starts the vmm as described by `cfg`.
+    /// Starts the vmm as described by `cfg`. In nested mode the session gets a control
+    /// channel (see [`start_controlled`](Self::start_controlled)), which a timed-out
+    /// [`run_marked`](Self::run_marked) uses to show what the vmm's threads are doing.
     pub fn start_with(cfg: &SessionConfig) -> Result<GuestSession, String> {
+        match cfg.mode {
+            Mode::Nested => Self::start_controlled(cfg, &[]),
+            Mode::Direct => Self::spawn(cfg),
+        }
+    }
+
+    fn spawn(cfg: &SessionConfig) -> Result<GuestSession, String> {
         let mut cmd = cfg.command();
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -645,39 +654,44 @@ fn take_l1_deaths() -> Vec<L1Death> {
     L1_DEATHS.with(|d| std::mem::take(&mut *d.borrow_mut()))
 }
 
+/// How many times [`with_l1_retry`] runs a body whose attempts end in harness deaths.
+pub const NESTED_ATTEMPTS: usize = 3;
+
 /// Runs a nested test body; when it fails and one of its sessions ended in an L1 death
-/// (nested-run.sh exit 120/121 with an `L1 died:` reason) or in an L2 triple fault at the
-/// reset vector (vmm exit 3 in nested mode), prints
-/// `nested harness: L1 died (exit N: reason), retrying once` (or `L2 triple fault …`) and
-/// runs the body once more. Any other failure (a VMM error, a wrong exit status, a timeout)
-/// is not retried, nor is the second attempt. The body must start its sessions itself, so
-/// it can run again.
+/// (nested-run.sh exit 120/121 with an `L1 died:` reason: an L1 panic, triple fault or hang)
+/// or in an L2 triple fault at the reset vector (vmm exit 3 in nested mode), prints
+/// `nested harness: L1 died (exit N: reason), retrying (attempt 2 of 3)` (or
+/// `L2 triple fault …`) and runs the body again, up to [`NESTED_ATTEMPTS`] times in all.
+/// Any other failure (a VMM error, a wrong exit status, a timeout) is not retried, nor is
+/// the last attempt. The body must start its sessions itself, so it can run again.
 pub fn with_l1_retry<T>(body: impl Fn() -> T) -> T {
-    take_l1_deaths();
-    let first = panic::catch_unwind(AssertUnwindSafe(&body));
-    let deaths = take_l1_deaths();
-    match first {
-        Ok(v) => v,
-        Err(p) => {
-            let Some(d) = deaths.first() else {
-                panic::resume_unwind(p)
-            };
-            // straight to fd 2, past the test runner's output capture: a retry that
-            // passed must still be seen
-            let what = if d.status == 3 {
-                "L2 triple fault"
-            } else {
-                "L1 died"
-            };
-            let _ = writeln!(
-                std::io::stderr(),
-                "nested harness: {what} (exit {}: {}), retrying once",
-                d.status,
-                d.reason
-            );
-            body()
-        }
+    for attempt in 1.. {
+        take_l1_deaths();
+        let result = panic::catch_unwind(AssertUnwindSafe(&body));
+        let deaths = take_l1_deaths();
+        let p = match result {
+            Ok(v) => return v,
+            Err(p) => p,
+        };
+        let Some(d) = deaths.first().filter(|_| attempt < NESTED_ATTEMPTS) else {
+            panic::resume_unwind(p)
+        };
+        // straight to fd 2, past the test runner's output capture: a retry that
+        // passed must still be seen
+        let what = if d.status == 3 {
+            "L2 triple fault"
+        } else {
+            "L1 died"
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "nested harness: {what} (exit {}: {}), retrying (attempt {} of {NESTED_ATTEMPTS})",
+            d.status,
+            d.reason,
+            attempt + 1
+        );
     }
+    unreachable!("the loop returns or unwinds")
 }
 
 fn tail(o: &Output) -> String {
@@ -829,8 +843,10 @@ impl GuestSession {
         let (a, b) = marker.split_at(marker.len() / 2);
         let echo_tag = format!("\"{a}\"\"{b}\"");
         self.send_line(&format!("{cmd}; echo {echo_tag}"));
-        self.wait_for(marker, timeout)
-            .unwrap_or_else(|e| panic!("`{cmd}`: {e}"));
+        if let Err(e) = self.wait_for(marker, timeout) {
+            let threads = self.vmm_threads();
+            panic!("`{cmd}`: {e}{threads}");
+        }
         let lines: Vec<String> = self.lines().into_iter().map(|l| l.text).collect();
         let end = lines
             .iter()
@@ -891,7 +907,7 @@ impl GuestSession {
             }
             Mode::Direct => {}
         }
-        let mut s = Self::start_with(&cfg)?;
+        let mut s = Self::spawn(&cfg)?;
         s.control = Some((control, None));
         Ok(s)
     }
@@ -1007,9 +1023,18 @@ impl GuestSession {
         }
     }
 
-    /// Nested mode, session from `start_controlled`: runs the shell command `cmd` in L1
-    /// (beside the vmm) and returns its output lines (stdout and stderr) and exit status.
+    /// Nested mode: runs the shell command `cmd` in L1 (beside the vmm) and returns its
+    /// output lines (stdout and stderr) and exit status.
     pub fn run_in_l1(&mut self, cmd: &str, timeout: Duration) -> (Vec<String>, i32) {
+        self.try_run_in_l1(cmd, timeout)
+            .unwrap_or_else(|e| panic!("L1 command `{cmd}`: {e}"))
+    }
+
+    fn try_run_in_l1(
+        &mut self,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<(Vec<String>, i32), String> {
         assert_eq!(
             self.mode,
             Mode::Nested,
@@ -1022,20 +1047,34 @@ impl GuestSession {
         );
         let from = self.lines().len();
         self.control_line(&format!("l1 {cmd}"));
-        let end = self
-            .wait_for(L1_END, timeout)
-            .unwrap_or_else(|e| panic!("L1 command `{cmd}`: {e}"));
+        let end = self.wait_for(L1_END, timeout)?;
         let rc = end
             .split_once(L1_END)
             .and_then(|(_, r)| r.trim().parse().ok())
-            .unwrap_or_else(|| panic!("L1 command `{cmd}`: no status in {end:?}"));
+            .ok_or_else(|| format!("no status in {end:?}"))?;
         let lines = self.lines();
         let out = lines[from.min(lines.len())..]
             .iter()
             .take_while(|l| !l.text.contains(L1_END))
             .filter_map(|l| l.text.split_once(L1_LINE).map(|(_, t)| t.to_string()))
             .collect();
-        (out, rc)
+        Ok((out, rc))
+    }
+
+    /// After a timeout in nested mode, while L1 still runs: each vmm thread's name, state,
+    /// wait channel and kernel stack, read in L1 (a thread asleep in `futex_wait` waits for
+    /// a lock; `R` in KVM_RUN is the guest running). Empty when there is nothing to ask.
+    fn vmm_threads(&mut self) -> String {
+        if self.mode != Mode::Nested || self.control.is_none() || self.output_closed() {
+            return String::new();
+        }
+        const CMD: &str = "p=$(cat /tmp/vmm.pid); for t in /proc/$p/task/*; do \
+            echo \"$(cat $t/comm) state=$(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan)\"; \
+            head -n 6 $t/stack | sed 's/^/    /'; done; cat /proc/loadavg";
+        match self.try_run_in_l1(CMD, Duration::from_secs(30)) {
+            Ok((lines, _)) => format!("\nthe vmm's threads in L1:\n    {}", lines.join("\n    ")),
+            Err(e) => format!("\n(L1 did not answer about the vmm's threads: {e})"),
+        }
     }
 
     /// Writes raw bytes (no newline added) into the guest console, e.g. control keys.

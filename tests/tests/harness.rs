@@ -9,8 +9,8 @@ use std::cell::Cell;
 use std::panic;
 
 use tests::{
-    assets, boot_lock, l1_deaths, probe_mode, with_l1_retry, GuestSession, Mode, SessionConfig,
-    NESTED_START,
+    assets, boot_lock, l1_deaths, probe_mode, with_l1_retry, GuestSession, L1Death, Mode,
+    SessionConfig, NESTED_START,
 };
 
 const STANDIN: &str = r#"#!/bin/sh
@@ -31,6 +31,24 @@ echo "standin: crashing L1"
 echo c > /proc/sysrq-trigger
 sleep 60
 "#;
+
+/// A stand-in that makes L1 look hung to nested-run.sh's watchdog: it stops L1's
+/// heartbeat (the effect of a hung L1 kernel or QEMU vCPU, which cannot be caused on
+/// purpose) and waits.
+const HANG_L1: &str = r#"#!/bin/sh
+echo "standin: stopping the L1 heartbeat"
+kill -STOP "$(cat /tmp/heartbeat.pid)"
+sleep 600
+"#;
+
+/// A stand-in that never answers what is typed (its process is `sleep`).
+const SILENT: &str = r#"#!/bin/sh
+echo "standin: not listening"
+exec sleep 600
+"#;
+
+/// The watchdog of the hang attempt (test.sh marks a retry with this figure as expected).
+const HANG_WATCHDOG_SECS: &str = "8";
 
 fn standin() -> PathBuf {
     write_standin("vmm-standin.sh", STANDIN)
@@ -111,8 +129,10 @@ fn l1_retry_only_after_an_l1_death() {
 }
 
 /// The nested harness end to end: a stand-in vmm gets its arguments, output, typed input
-/// and exit status through L1; and a first attempt whose stand-in crashes L1 reports the
-/// death (exit 121, the kernel's panic line as the reason) and is retried once.
+/// and exit status through L1; a first attempt whose stand-in crashes L1 reports the death
+/// (exit 121, the kernel's panic line as the reason) and is retried; a second attempt whose
+/// L1 stops its heartbeat is stopped by the watchdog (exit 121, "L1 stopped responding",
+/// L1's registers dumped) and is retried too; the third attempt passes.
 fn harness_nested_standin() {
     if probe_mode() != Mode::Nested {
         tests::skip("the probe says direct: this host does not use the nested harness");
@@ -121,15 +141,16 @@ fn harness_nested_standin() {
     let a = assets();
     let timeout = Duration::from_secs(120);
     let attempts = Cell::new(0);
-    // a failed check in the first attempt would be retried away: remember that they passed
-    let first_checked = Cell::new(false);
-    with_l1_retry(|| {
-        attempts.set(attempts.get() + 1);
-        if attempts.get() == 1 {
-            let crash = write_standin("crash-l1.sh", CRASH_L1);
-            let cfg = standin_config(Mode::Nested, crash, a.bzimage.clone(), a.initramfs.clone());
+    // a failed check in an early attempt would be retried away: remember that they passed
+    let checked = Cell::new(0);
+    let died =
+        |standin: &str, text: &str, printed: &str, nested_args: &[&str]| -> (L1Death, String) {
+            let script = write_standin(standin, text);
+            let mut cfg =
+                standin_config(Mode::Nested, script, a.bzimage.clone(), a.initramfs.clone());
+            cfg.nested_args = nested_args.iter().map(|s| s.to_string()).collect();
             let s = GuestSession::start_with(&cfg).unwrap();
-            s.wait_for("standin: crashing L1", timeout).unwrap();
+            s.wait_for(printed, timeout).unwrap();
             // as in a real test: a wait fails because the output ended, the session is
             // dropped (which waits for nested-run.sh and records the death)
             let err = s.wait_for("never printed", timeout).unwrap_err();
@@ -141,34 +162,86 @@ fn harness_nested_standin() {
             drop(s);
             let deaths = l1_deaths();
             assert_eq!(deaths.len(), 1, "{deaths:?}");
-            let death = &deaths[0];
-            assert_eq!(death.status, 121, "{death:?}");
-            assert!(
-                death
-                    .reason
-                    .contains("Kernel panic - not syncing: sysrq triggered crash"),
-                "the panic line is the reason: {death:?}"
-            );
-            first_checked.set(true);
-            panic!("L1 crashed on purpose");
+            assert_eq!(deaths[0].status, 121, "{:?}", deaths[0]);
+            (deaths[0].clone(), err)
+        };
+    with_l1_retry(|| {
+        attempts.set(attempts.get() + 1);
+        match attempts.get() {
+            1 => {
+                let (death, _) = died("crash-l1.sh", CRASH_L1, "standin: crashing L1", &[]);
+                assert!(
+                    death
+                        .reason
+                        .contains("Kernel panic - not syncing: sysrq triggered crash"),
+                    "the panic line is the reason: {death:?}"
+                );
+                checked.set(1);
+                panic!("L1 crashed on purpose");
+            }
+            2 => {
+                let (death, err) = died(
+                    "hang-l1.sh",
+                    HANG_L1,
+                    "standin: stopping the L1 heartbeat",
+                    &["--l1-watchdog", HANG_WATCHDOG_SECS],
+                );
+                let expected =
+                    format!("L1 stopped responding (no heartbeat for {HANG_WATCHDOG_SECS} s)");
+                assert!(death.reason.starts_with(&expected), "{death:?}");
+                assert!(
+                    err.contains("L1 CPUs when it stopped responding:") && err.contains("RIP="),
+                    "L1's registers are dumped: {err}"
+                );
+                checked.set(2);
+                panic!("L1 heartbeat stopped on purpose");
+            }
+            _ => run_standin(
+                Mode::Nested,
+                a.bzimage.clone(),
+                a.initramfs.clone(),
+                timeout,
+            ),
         }
-        run_standin(
-            Mode::Nested,
-            a.bzimage.clone(),
-            a.initramfs.clone(),
-            timeout,
-        );
     });
-    assert!(first_checked.get(), "the checks of the L1 death failed");
+    assert_eq!(checked.get(), 2, "the checks of the L1 deaths failed");
     assert_eq!(
         attempts.get(),
-        2,
-        "the L1 death was not retried exactly once"
+        3,
+        "the two L1 deaths were not retried exactly twice"
     );
+}
+
+/// A typed command that times out while L1 still answers ends its failure with what the
+/// vmm's threads are doing, as L1 sees them.
+fn nested_timeout_shows_vmm_threads() {
+    if probe_mode() != Mode::Nested {
+        tests::skip("the probe says direct: this host does not use the nested harness");
+    }
+    let _g = boot_lock();
+    let a = assets();
+    with_l1_retry(|| {
+        let script = write_standin("silent.sh", SILENT);
+        let cfg = standin_config(Mode::Nested, script, a.bzimage.clone(), a.initramfs.clone());
+        let mut s = GuestSession::start_with(&cfg).unwrap();
+        s.wait_for("standin: not listening", Duration::from_secs(120))
+            .unwrap();
+        let r = panic::catch_unwind(panic::AssertUnwindSafe(|| {
+            s.run_marked("true", "@@never-answered", Duration::from_secs(5))
+        }));
+        let msg = r
+            .err()
+            .and_then(|p| p.downcast_ref::<String>().cloned())
+            .expect("the command timed out with a message");
+        assert!(msg.contains("timed out"), "{msg}");
+        assert!(msg.contains("the vmm's threads in L1:"), "{msg}");
+        assert!(msg.contains("sleep state=S wchan="), "{msg}");
+    });
 }
 
 tests::test_main!(
     harness_direct_standin,
     l1_retry_only_after_an_l1_death,
     harness_nested_standin,
+    nested_timeout_shows_vmm_threads,
 );
