@@ -776,7 +776,8 @@ impl Driver {
             // before it: hardware keeps serving its cached entries until the next one, so
             // what those invalidations translated is no longer what the table says.
             let status = qw1 & !3;
-            if qw0 & 0xF == 5 && qw0 & (1 << 5) != 0 && status < table.end && status + 4 > table.start {
+            let status_write = qw0 & 0xF == 5 && qw0 & (1 << 5) != 0;
+            if status_write && status < table.end && status.saturating_add(4) > table.start {
                 scopes.clear();
             }
             let a = base.wrapping_add(slot * 16);
