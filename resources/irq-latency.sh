@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # In-guest interrupt latency, side by side: the same L2 kernel loads irqlat_guest.ko
-# (resources/guest-module) under this project's vmm (irqtest device, MSI-X) and under
-# Debian's QEMU (q35 + `edu` device, MSI), each without and with VT-d interrupt remapping,
+# (resources/guest-module) under this project's vmm (irqtest device, MSI-X: fired through its
+# FIRE register, an exit to the vmm, and through its doorbell, a KVM ioeventfd on the
+# vector's irqfd) and under Debian's QEMU (q35 + `edu` device, MSI), each without and with
+# VT-d interrupt remapping,
 # all in one L1 (nested mode) or directly on this host (direct mode, resources/lib/probe.sh).
 #
 # Usage: resources/irq-latency.sh [--vmm PATH] [--rounds N] [--samples N]
@@ -10,10 +12,12 @@
 #   --samples  samples per run (default 2000, after 100 warm-up fires)
 #
 # Prints, per run: "@@IRQLAT-RUN <label>" then the module's line
-#   "IRQLAT-RESULT dev=irqtest|edu irq=msix|msi remapped=0|1 samples=N lost=N min_ns=..
-#    median_ns=.. p99_ns=.. max_ns=.." and "@@IRQLAT-EXIT <label> <status>".
-# Labels: vmm, vmm-vtd (--iommu intel), qemu, qemu-vtd (kernel-irqchip=split, intel-iommu
-# intremap=on,eim=on). `cargo bench -p tests --bench irq_latency` runs this and prints the
+#   "IRQLAT-RESULT dev=irqtest|edu irq=msix|msi fire=register|doorbell remapped=0|1
+#    samples=N lost=N min_ns=.. median_ns=.. p99_ns=.. max_ns=.." and
+#   "@@IRQLAT-EXIT <label> <status>".
+# Labels: vmm, vmm-vtd (--iommu intel), vmm-db, vmm-db-vtd (irqtest,doorbell=on, with
+# --print-interrupts: the vector's fires= counts the doorbell writes that exited to the
+# vmm), qemu, qemu-vtd (kernel-irqchip=split, intel-iommu intremap=on,eim=on). `cargo bench -p tests --bench irq_latency` runs this and prints the
 # table. Needs resources/setup.sh (guest kernel, headers, qemu-system-x86). Exit status:
 # 0, or nested-run.sh's status (120/121 when L1 died), 2 usage.
 set -euo pipefail
@@ -80,7 +84,7 @@ if [ ! -f "$INITRD" ] || [ "$(cat "$INITRD.hash" 2>/dev/null || true)" != "$hash
     rm -rf "$tmp"
 fi
 
-# ---- the runner: four runs per round, interleaved
+# ---- the runner: six runs per round, interleaved
 RUNNER="$(mktemp "${TMPDIR:-/tmp}/irqlat-runner.XXXXXX")"
 trap 'rm -f "$RUNNER"' EXIT
 cat > "$RUNNER" <<RUNNER
@@ -104,11 +108,15 @@ while [ \$round -lt $ROUNDS ]; do
         --memory size=512M --serial tty --device irqtest
     run qemu "\$QEMU_BIN" \$QEMU_COMMON -machine q35 -kernel "\$K" -initrd "\$I" \\
         -append "\$CMD" -device edu
+    run vmm-db "\$VMM_BIN" --kernel "\$K" --initramfs "\$I" --cmdline "\$CMD" --cpus boot=2 \\
+        --memory size=512M --serial tty --device irqtest,doorbell=on --print-interrupts
     run vmm-vtd "\$VMM_BIN" --kernel "\$K" --initramfs "\$I" --cmdline "\$CMD" --cpus boot=2 \\
         --memory size=512M --serial tty --device irqtest --iommu intel
     run qemu-vtd "\$QEMU_BIN" \$QEMU_COMMON -machine q35,kernel-irqchip=split \\
         -device intel-iommu,intremap=on,eim=on -kernel "\$K" -initrd "\$I" -append "\$CMD" \\
         -device edu
+    run vmm-db-vtd "\$VMM_BIN" --kernel "\$K" --initramfs "\$I" --cmdline "\$CMD" --cpus boot=2 \\
+        --memory size=512M --serial tty --device irqtest,doorbell=on --iommu intel --print-interrupts
 done
 exit 0
 RUNNER

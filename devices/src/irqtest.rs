@@ -25,6 +25,15 @@
 //! SELECT with bit 31 set ([`SELECT_IMS`]) selects IMS entry `SELECT & 0xffff` for the
 //! counters instead of an MSI/MSI-X vector.
 //!
+//! BAR1 (32-bit, only with doorbells: [`IrqTest::enable_doorbells`], `doorbell=on`): one
+//! doorbell per MSI-X vector, 4 bytes apart (4 KiB or `4 × vectors` rounded up to a power of
+//! two). A write of any value and width to doorbell `v` fires vector `v` once, as FIRE would.
+//! While vector `v` is on its domain's direct path (MSI-X enabled, entry unmasked, route
+//! committed) the doorbell is a KVM ioeventfd on the vector's irqfd: the guest's write is
+//! delivered by the kernel with no exit to the VMM, and is not counted in FIRES. Otherwise
+//! (masked, not yet routed, MSI mode) the write exits and the device fires the vector, with
+//! pending and counters as for FIRE. Reads return 0.
+//!
 //! BAR2 (64 KiB, 64-bit): MSI-X table at 0, PBA at 0x8000.
 //!
 //! BAR4 (64-bit, only with `ims > 0`): the Interrupt Message Store, `ims` entries of 16 bytes
@@ -34,14 +43,18 @@
 //! MSI-X's 2048 entries). Accesses are 4 or 8 bytes, naturally aligned; anything else reads
 //! zero and is ignored on write.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use log::warn;
+use vmm_sys_util::eventfd::EventFd;
 
 use interrupt::{
     warn_ratelimited, DeviceDomain, DomainKind, InterruptHierarchy, MsiMessage, RateLimiter,
     RequesterId,
 };
 use pci::msix::MSIX_MAX_VECTORS;
-use pci::{Bar, BarKind, ConfigSpace, MsiCapability, MsixCapability, PciDevice};
+use pci::{Bar, BarKind, ConfigSpace, IoEventRegistry, MsiCapability, MsixCapability, PciDevice};
 
 /// PCI vendor ID of the test device.
 pub const IRQTEST_VENDOR: u16 = 0x1b36;
@@ -82,6 +95,123 @@ pub mod regs {
     pub const IMS_ENTRIES: u64 = 0x2c;
     /// IMS fire command.
     pub const IMS_FIRE: u64 = 0x30;
+}
+
+/// BAR holding the doorbells.
+pub const IRQTEST_DOORBELL_BAR: usize = 1;
+/// Bytes between two doorbells.
+pub const DOORBELL_STRIDE: u64 = 4;
+
+/// The doorbells' KVM ioeventfds: one per vector on its domain's direct path, at the
+/// doorbell's address while BAR1 decodes. Told about the direct path by the MSI-X domain's
+/// listener (under the domain's lock), about BAR1 by config writes; never calls back into
+/// the domain.
+struct Doorbells {
+    name: String,
+    registry: Arc<dyn IoEventRegistry>,
+    state: Mutex<DoorbellState>,
+}
+
+#[derive(Default)]
+struct DoorbellState {
+    /// BAR1's address while memory decoding is on.
+    base: Option<u64>,
+    /// Vectors on the direct path, with their irqfds.
+    direct: BTreeMap<usize, Arc<EventFd>>,
+    /// Vectors whose doorbell is registered at `base`.
+    registered: std::collections::BTreeSet<usize>,
+    /// A registration failed (KVM's limit of ioeventfds): said once.
+    warned: bool,
+}
+
+impl Doorbells {
+    fn bar_size(vectors: usize) -> u64 {
+        (vectors as u64 * DOORBELL_STRIDE)
+            .next_power_of_two()
+            .max(0x1000)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DoorbellState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, st: &mut DoorbellState, index: usize) {
+        let (Some(base), Some(fd)) = (st.base, st.direct.get(&index)) else {
+            return;
+        };
+        match self
+            .registry
+            .register_mmio(base + index as u64 * DOORBELL_STRIDE, fd)
+        {
+            Ok(()) => {
+                st.registered.insert(index);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+            Err(e) => {
+                if !st.warned {
+                    st.warned = true;
+                    warn!(
+                        "{}: doorbell of vector {index} stays an MMIO exit (ioeventfd: {e}); further failures are not logged",
+                        self.name
+                    );
+                }
+            }
+        }
+    }
+
+    fn unregister(&self, st: &mut DoorbellState, index: usize) {
+        if !st.registered.remove(&index) {
+            return;
+        }
+        let (Some(base), Some(fd)) = (st.base, st.direct.get(&index)) else {
+            return;
+        };
+        if let Err(e) = self
+            .registry
+            .unregister_mmio(base + index as u64 * DOORBELL_STRIDE, fd)
+        {
+            warn!(
+                "{}: removing the doorbell of vector {index}: {e}",
+                self.name
+            );
+        }
+    }
+
+    /// The MSI-X domain's direct-path listener.
+    fn set_direct(&self, index: usize, irqfd: Option<&Arc<EventFd>>) {
+        let mut st = self.lock();
+        self.unregister(&mut st, index);
+        match irqfd {
+            Some(fd) => {
+                st.direct.insert(index, fd.clone());
+                self.register(&mut st, index);
+            }
+            None => {
+                st.direct.remove(&index);
+            }
+        }
+    }
+
+    /// Follows BAR1 (`None`: not decoding).
+    fn move_to(&self, base: Option<u64>) {
+        let mut st = self.lock();
+        if st.base == base {
+            return;
+        }
+        let registered: Vec<usize> = st.registered.iter().copied().collect();
+        for i in registered {
+            self.unregister(&mut st, i);
+        }
+        st.base = base;
+        let direct: Vec<usize> = st.direct.keys().copied().collect();
+        for i in direct {
+            self.register(&mut st, i);
+        }
+    }
+
+    fn registered(&self) -> usize {
+        self.lock().registered.len()
+    }
 }
 
 /// SELECT bit choosing an IMS entry for the counters.
@@ -257,6 +387,7 @@ pub struct IrqTest {
     msi_domain: Arc<DeviceDomain>,
     msix_domain: Arc<DeviceDomain>,
     ims: Option<ImsTable>,
+    doorbells: Option<Arc<Doorbells>>,
     select: u32,
     rejected: u32,
 }
@@ -356,9 +487,44 @@ impl IrqTest {
             msi_domain,
             msix_domain,
             ims,
+            doorbells: None,
             select: 0,
             rejected: 0,
         })
+    }
+
+    /// Gives the device its doorbells (BAR1, see the module docs), registered as KVM
+    /// ioeventfds through `registry`. Call before the guest sees the device.
+    pub fn enable_doorbells(
+        &mut self,
+        registry: Arc<dyn IoEventRegistry>,
+    ) -> Result<(), IrqTestError> {
+        if self.doorbells.is_some() {
+            return Ok(());
+        }
+        self.config.set_bar(
+            IRQTEST_DOORBELL_BAR,
+            Bar {
+                kind: BarKind::Memory32,
+                size: Doorbells::bar_size(self.msix.vectors()),
+                prefetchable: false,
+            },
+        )?;
+        let d = Arc::new(Doorbells {
+            name: self.name.clone(),
+            registry,
+            state: Mutex::default(),
+        });
+        let listener = d.clone();
+        self.msix_domain
+            .set_direct_listener(Box::new(move |i, fd| listener.set_direct(i, fd)));
+        self.doorbells = Some(d);
+        Ok(())
+    }
+
+    /// Doorbells currently registered as KVM ioeventfds.
+    pub fn doorbells_registered(&self) -> usize {
+        self.doorbells.as_ref().map_or(0, |d| d.registered())
     }
 
     /// The mode fires currently use.
@@ -468,6 +634,9 @@ impl PciDevice for IrqTest {
         if self.msix.contains(offset) {
             self.msix.update(&self.config);
         }
+        if let Some(d) = &self.doorbells {
+            d.move_to(self.config.bar_address(IRQTEST_DOORBELL_BAR));
+        }
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
@@ -516,7 +685,23 @@ impl PciDevice for IrqTest {
             }
             return;
         }
+        if bar == IRQTEST_DOORBELL_BAR {
+            // the doorbell's MMIO exit: the vector is off the direct path (or KVM has no
+            // ioeventfd for it), so this fire takes the domain's lock
+            if self.doorbells.is_some() && offset.is_multiple_of(DOORBELL_STRIDE) {
+                self.fire((offset / DOORBELL_STRIDE) as usize, 1);
+            }
+            return;
+        }
         self.msix.bar_write(bar, offset, data);
+    }
+}
+
+impl Drop for IrqTest {
+    fn drop(&mut self) {
+        if let Some(d) = &self.doorbells {
+            d.move_to(None);
+        }
     }
 }
 
@@ -548,6 +733,68 @@ mod tests {
     fn enable_msix(d: &mut IrqTest) {
         let off = d.msix.offset() + 2;
         d.write_config(off, &control::ENABLE.to_le_bytes());
+    }
+
+    /// Records ioeventfd (un)registrations: (registered?, address).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(bool, u64)>>);
+
+    impl IoEventRegistry for Recorder {
+        fn register_mmio(&self, addr: u64, _fd: &EventFd) -> std::io::Result<()> {
+            self.0.lock().unwrap().push((true, addr));
+            Ok(())
+        }
+        fn unregister_mmio(&self, addr: u64, _fd: &EventFd) -> std::io::Result<()> {
+            self.0.lock().unwrap().push((false, addr));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn doorbells_are_ioeventfds_while_their_vector_is_direct_and_follow_bar1() {
+        let (_, mut d) = setup(4);
+        let rec = Arc::new(Recorder::default());
+        d.enable_doorbells(rec.clone()).unwrap();
+        let take = || std::mem::take(&mut *rec.0.lock().unwrap());
+        assert_eq!(d.config().bar(IRQTEST_DOORBELL_BAR).unwrap().size, 0x1000);
+        enable_msix(&mut d);
+        d.bar_write(2, 16, &0xfee0_0000u32.to_le_bytes());
+        d.bar_write(2, 24, &0x41u32.to_le_bytes());
+        d.bar_write(2, 28, &0u32.to_le_bytes());
+        // the first ring exits (BAR1 not placed yet, the route not committed): a fire
+        d.bar_write(IRQTEST_DOORBELL_BAR, 4, &1u32.to_le_bytes());
+        d.bar_write(0, regs::SELECT, &1u32.to_le_bytes());
+        assert_eq!(reg(&mut d, regs::FIRES), 1);
+        assert_eq!(take(), vec![], "BAR1 does not decode yet");
+        // placing BAR1 and turning decoding on registers vector 1's doorbell
+        d.write_config(0x14, &0xc000_0000u32.to_le_bytes());
+        d.write_config(0x04, &2u16.to_le_bytes());
+        assert_eq!(take(), vec![(true, 0xc000_0004)]);
+        assert_eq!(d.doorbells_registered(), 1);
+        // moving BAR1 moves it
+        d.write_config(0x14, &0xd000_0000u32.to_le_bytes());
+        assert_eq!(take(), vec![(false, 0xc000_0004), (true, 0xd000_0004)]);
+        // masking the entry removes it; a ring then exits and leaves the vector pending
+        d.bar_write(2, 28, &1u32.to_le_bytes());
+        assert_eq!(take(), vec![(false, 0xd000_0004)]);
+        d.bar_write(IRQTEST_DOORBELL_BAR, 4, &1u32.to_le_bytes());
+        assert_eq!(reg(&mut d, regs::PENDING), 1);
+        // unmasking delivers it and puts the doorbell back
+        d.bar_write(2, 28, &0u32.to_le_bytes());
+        assert_eq!(reg(&mut d, regs::PENDING), 0);
+        assert_eq!(take(), vec![(true, 0xd000_0004)]);
+        // a doorbell past the vectors, or unaligned, is refused or ignored
+        d.bar_write(IRQTEST_DOORBELL_BAR, 4 * 9, &1u32.to_le_bytes());
+        assert_eq!(reg(&mut d, regs::REJECTED), 1);
+        d.bar_write(IRQTEST_DOORBELL_BAR, 6, &1u16.to_le_bytes());
+        assert_eq!(reg(&mut d, regs::REJECTED), 1);
+        // memory decoding off, then the device goes away: nothing is left registered
+        d.write_config(0x04, &0u16.to_le_bytes());
+        assert_eq!(take(), vec![(false, 0xd000_0004)]);
+        d.write_config(0x04, &2u16.to_le_bytes());
+        assert_eq!(take(), vec![(true, 0xd000_0004)]);
+        drop(d);
+        assert_eq!(take(), vec![(false, 0xd000_0004)]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Fuzzes the `irqtest` device's IMS table (BAR4) and its IMS registers: BAR4 reads and
 //! writes of any size and offset, structured entry programming, IMS_FIRE and SELECT
-//! commands of any value, on a `RecordingBackend` with a small GSI limit (so entries past
-//! the routes take the `KVM_SIGNAL_MSI` slow path), without KVM.
+//! commands of any value, and doorbell (BAR1) writes and reads of any size and offset, on a
+//! `RecordingBackend` with a small GSI limit (so entries past the routes take the
+//! `KVM_SIGNAL_MSI` slow path), without KVM.
 //!
 //! After every operation it checks invariants that hold for any guest input:
 //! - the vector layer's books balance (`Recording::check_books`);
@@ -11,15 +12,20 @@
 //!   entries are pending;
 //! - a delivered IMS interrupt went out with the entry's message (committed route or
 //!   `KVM_SIGNAL_MSI`); deliveries + drops never exceed fires;
-//! - accesses that are not 4 or 8 bytes, naturally aligned, inside the table read zero.
-//!   When the device goes away, no vector, route or irqfd is left.
+//! - accesses that are not 4 or 8 bytes, naturally aligned, inside the table read zero;
+//! - the doorbells read zero, and a doorbell write fires nothing but MSI-X (off here: it is
+//!   refused, counted in REJECTED, when it is aligned).
+//!
+//! When the device goes away, no vector, route or irqfd is left.
 
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
-use devices::irqtest::{ims, regs, IrqTest, IRQTEST_IMS_BAR, SELECT_IMS};
+use devices::irqtest::{
+    ims, regs, IrqTest, DOORBELL_STRIDE, IRQTEST_DOORBELL_BAR, IRQTEST_IMS_BAR, SELECT_IMS,
+};
 use interrupt::{MsiMessage, RequesterId};
 use pci::PciDevice;
 use vmm_fuzz::{le_bytes, Recording, Size};
@@ -42,6 +48,8 @@ enum Op {
         wide: bool,
     },
     Fire(u32),
+    /// Raw BAR1 (doorbell) write, then a read of the same place.
+    Doorbell { offset: u64, size: Size, value: u64 },
     Select(u32),
     ReadRegs,
 }
@@ -64,6 +72,8 @@ fuzz_target!(|input: Input| {
     let rec = Recording::no_remap(RESERVED, RESERVED + u32::from(input.gsis % 32));
     let mut dev = IrqTest::with_ims(&rec.hierarchy, RequesterId::pci(0, 3, 0), 1, n)
         .expect("valid irqtest");
+    dev.enable_doorbells(std::sync::Arc::new(pci::NoIoEvents))
+        .expect("doorbells");
     let domain = dev.ims().expect("IMS table").domain().clone();
     let bar_size = devices::irqtest::ImsTable::bar_size(n);
     let mut written = vec![false; n];
@@ -121,6 +131,25 @@ fuzz_target!(|input: Input| {
                 written[i] = true;
             }
             Op::Fire(v) => dev.bar_write(0, regs::IMS_FIRE, &v.to_le_bytes()),
+            Op::Doorbell {
+                offset,
+                size,
+                value,
+            } => {
+                let bytes = le_bytes(*value, *size, 16);
+                let off = offset % 0x1040;
+                let rejected = r32(&mut dev, 0, regs::REJECTED);
+                dev.bar_write(IRQTEST_DOORBELL_BAR, off, &bytes);
+                let counted = u32::from(off.is_multiple_of(DOORBELL_STRIDE));
+                assert_eq!(
+                    r32(&mut dev, 0, regs::REJECTED),
+                    rejected.wrapping_add(counted),
+                    "doorbell write at {off:#x} with MSI-X off"
+                );
+                let mut back = vec![0xAAu8; bytes.len()];
+                dev.bar_read(IRQTEST_DOORBELL_BAR, off, &mut back);
+                assert!(back.iter().all(|&b| b == 0), "doorbells read zero");
+            }
             Op::Select(v) => {
                 dev.bar_write(0, regs::SELECT, &(v | SELECT_IMS).to_le_bytes());
                 let i = (v & 0xffff) as usize;
@@ -142,7 +171,11 @@ fuzz_target!(|input: Input| {
             let ctrl = r32(&mut dev, IRQTEST_IMS_BAR, base + ims::CTRL);
             assert_eq!(ctrl & !(ims::CTRL_MASK | ims::CTRL_PENDING), 0);
             assert_eq!(s.masked, ctrl & ims::CTRL_MASK != 0, "entry {i} mask");
-            assert_eq!(s.pending, ctrl & ims::CTRL_PENDING != 0, "entry {i} pending");
+            assert_eq!(
+                s.pending,
+                ctrl & ims::CTRL_PENDING != 0,
+                "entry {i} pending"
+            );
             assert!(!s.pending || s.masked, "entry {i} pending while unmasked");
             let lo = r32(&mut dev, IRQTEST_IMS_BAR, base);
             let hi = r32(&mut dev, IRQTEST_IMS_BAR, base + 4);

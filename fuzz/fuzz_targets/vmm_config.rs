@@ -181,7 +181,14 @@ struct Input {
 /// A parsed device's canonical spec.
 fn canonical(d: &DeviceConfig) -> String {
     match d {
-        DeviceConfig::IrqTest { vectors, ims } => format!("irqtest,vectors={vectors},ims={ims}"),
+        DeviceConfig::IrqTest {
+            vectors,
+            ims,
+            doorbell,
+        } => {
+            let d = if *doorbell { ",doorbell=on" } else { "" };
+            format!("irqtest,vectors={vectors},ims={ims}{d}")
+        }
         DeviceConfig::Dsa {
             wqs,
             engines,
@@ -210,7 +217,7 @@ fn canonical(d: &DeviceConfig) -> String {
 /// What the VMM does with a parsed device must work.
 fn check_device(spec: &str, d: &DeviceConfig) {
     match d {
-        DeviceConfig::IrqTest { vectors, ims } => {
+        DeviceConfig::IrqTest { vectors, ims, .. } => {
             assert!((1..=2048).contains(vectors), "{spec:?} -> {d:?}");
             assert!(*ims <= 65536, "{spec:?} -> {d:?}")
         }

@@ -154,6 +154,13 @@ pub struct VectorSnapshot {
     pub started: bool,
 }
 
+/// Told, under the domain's lock, when vector `index` starts taking the direct path (its
+/// irqfd is routed and committed and the vector unmasked: `Some(irqfd)`) and when it stops
+/// (`None`, before whatever ends it takes effect). A device uses it to let the guest signal
+/// the irqfd itself, e.g. a doorbell registered as a KVM ioeventfd on it. It must not call
+/// back into the domain.
+pub type DirectListener = Box<dyn Fn(usize, Option<&Arc<EventFd>>) + Send + Sync>;
+
 /// One device's interrupt domain.
 pub struct DeviceDomain {
     name: String,
@@ -167,6 +174,8 @@ pub struct DeviceDomain {
     vectors: Mutex<Vec<VectorDesc>>,
     /// Per-vector state read without the lock by [`fire`](DeviceDomain::fire).
     fast: Box<[FastPath]>,
+    /// See [`DirectListener`].
+    direct_listener: OnceLock<DirectListener>,
 }
 
 /// What a fire needs to reach KVM without taking the domain's lock.
@@ -213,6 +222,34 @@ impl DeviceDomain {
             me,
             vectors: Mutex::new(vectors),
             fast: (0..size).map(|_| FastPath::default()).collect(),
+            direct_listener: OnceLock::new(),
+        }
+    }
+
+    /// Sets the domain's [`DirectListener`] (once; false if one was already set). Vectors
+    /// already direct are reported to it first.
+    pub fn set_direct_listener(&self, listener: DirectListener) -> bool {
+        let _v = self.lock();
+        if self.direct_listener.set(listener).is_err() {
+            return false;
+        }
+        let l = self.direct_listener.get().expect("just set");
+        for (index, fast) in self.fast.iter().enumerate() {
+            if fast.direct.load(Ordering::Acquire) {
+                l(index, fast.eventfd.get());
+            }
+        }
+        true
+    }
+
+    /// Moves vector `index` on or off the direct path (under the lock), telling the
+    /// listener about a change.
+    fn set_direct(&self, index: usize, on: bool) {
+        let fast = &self.fast[index];
+        if fast.direct.swap(on, Ordering::AcqRel) != on {
+            if let Some(l) = self.direct_listener.get() {
+                l(index, if on { fast.eventfd.get() } else { None });
+            }
         }
     }
 
@@ -306,7 +343,7 @@ impl DeviceDomain {
         }
         d.masked = masked;
         if masked {
-            self.fast[index].direct.store(false, Ordering::Release);
+            self.set_direct(index, false);
         }
         if !masked && d.vector.is_none() && d.message.is_some() {
             self.route(index, d)?;
@@ -387,7 +424,7 @@ impl DeviceDomain {
     pub fn release(&self, index: usize) -> Result<()> {
         let mut v = self.lock();
         let d = self.desc(&mut v, index)?;
-        self.fast[index].direct.store(false, Ordering::Release);
+        self.set_direct(index, false);
         if d.started {
             d.started = false;
             if let Some(chip) = &self.chip {
@@ -584,7 +621,7 @@ impl DeviceDomain {
     /// CPU vector if needed. When no GSI is left the vector stays unrouted and deliveries take
     /// the slow path.
     fn route(&self, index: usize, d: &mut VectorDesc) -> Result<()> {
-        self.fast[index].direct.store(false, Ordering::Release);
+        self.set_direct(index, false);
         let outcome = d
             .message
             .map(|m| self.hierarchy.remap_layer().remap(self.requester, m))
@@ -650,7 +687,7 @@ impl DeviceDomain {
                 let r = layer.fire(v);
                 if r.is_ok() && !d.masked && d.trigger.is_none() {
                     // Route committed, vector unmasked: later fires need not lock.
-                    self.fast[index].direct.store(true, Ordering::Release);
+                    self.set_direct(index, true);
                 }
                 r
             }
@@ -1191,6 +1228,43 @@ mod tests {
         drop(d);
         assert_eq!(*chip.stopped.lock().unwrap(), vec![0]);
         assert_eq!(h.relay_watched(), 0);
+    }
+
+    #[test]
+    fn the_direct_listener_hears_each_change_of_the_direct_path() {
+        let (_b, h) = setup(4096);
+        let d = h.create_domain("dev", DomainKind::MsiX, RequesterId(8), 2, None);
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        d.set_masked(0, false).unwrap();
+        d.fire(0).unwrap(); // direct before the listener exists: reported when it is set
+        let heard: Arc<Mutex<Vec<(usize, bool)>>> = Arc::default();
+        let log = heard.clone();
+        let irqfd = d.fast[0].eventfd.get().unwrap().clone();
+        assert!(d.set_direct_listener(Box::new(move |i, fd| {
+            if let Some(fd) = fd {
+                assert!(Arc::ptr_eq(fd, &irqfd), "the vector's own irqfd");
+            }
+            log.lock().unwrap().push((i, fd.is_some()));
+        })));
+        assert!(!d.set_direct_listener(Box::new(|_, _| {})), "set once");
+        let take = || std::mem::take(&mut *heard.lock().unwrap());
+        assert_eq!(take(), vec![(0, true)]);
+        d.fire(0).unwrap();
+        assert_eq!(take(), vec![], "no change, no call");
+        d.set_masked(0, true).unwrap();
+        assert_eq!(take(), vec![(0, false)]);
+        d.fire(0).unwrap();
+        d.set_masked(0, false).unwrap(); // the pending interrupt goes through
+        assert_eq!(take(), vec![(0, true)]);
+        d.set_message(0, Some(msg(0x41))).unwrap();
+        d.fire(0).unwrap();
+        assert_eq!(
+            take(),
+            vec![(0, false), (0, true)],
+            "re-routed, then committed"
+        );
+        d.release(0).unwrap();
+        assert_eq!(take(), vec![(0, false)]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub mod vector;
 pub mod vtd;
 pub mod worker;
 
-pub use domain::{ChipError, DeviceDomain, DomainKind, MsiChip, VectorSnapshot};
+pub use domain::{ChipError, DeviceDomain, DirectListener, DomainKind, MsiChip, VectorSnapshot};
 pub use error::Error;
 pub use hierarchy::InterruptHierarchy;
 pub use msi::MsiMessage;

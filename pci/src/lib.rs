@@ -5,6 +5,7 @@ pub mod bus;
 pub mod config;
 pub mod device;
 pub mod host_bridge;
+pub mod ioevent;
 pub mod msi;
 pub mod msix;
 #[cfg(test)]
@@ -14,6 +15,7 @@ pub use bus::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 pub use config::{Bar, BarKind, ConfigSpace};
 pub use device::PciDevice;
 pub use host_bridge::HostBridge;
+pub use ioevent::{IoEventRegistry, NoIoEvents};
 pub use msi::MsiCapability;
 pub use msix::{MsixCapability, MsixLayout};
 

@@ -3,7 +3,9 @@
  * irqlat_guest: in-guest interrupt latency, device fire -> handler, on two devices:
  *
  *   - the VMM's "irqtest" PCI device (1b36:0110): one MSI-X vector, fired by writing
- *     vector 0 / count 1 to its FIRE register (BAR0 + 0x10);
+ *     vector 0 / count 1 to its FIRE register (BAR0 + 0x10), or, when the device has
+ *     doorbells (`doorbell=on`: a BAR1), by writing vector 0's doorbell (BAR1 + 0), which
+ *     the VMM makes a KVM ioeventfd on the vector's irqfd (no exit to the VMM);
  *   - QEMU's "edu" device (1234:11e8): its one MSI vector, raised by writing 1 to
  *     BAR0 + 0x60 and acknowledged in the handler by writing 1 to BAR0 + 0x64.
  *
@@ -13,7 +15,8 @@
  * until the handler ran, at most 100 ms (a miss is counted as lost). The sorted samples
  * give one line per device:
  *
- *   irqlat_guest: IRQLAT-RESULT dev=irqtest|edu irq=msix|msi remapped=0|1 samples=N
+ *   irqlat_guest: IRQLAT-RESULT dev=irqtest|edu irq=msix|msi fire=register|doorbell
+ *     remapped=0|1 samples=N
  *     lost=N min_ns=.. median_ns=.. p99_ns=.. max_ns=..
  *
  * (one line). remapped=1 when the vector's irq domain chain goes through interrupt
@@ -58,6 +61,7 @@ MODULE_PARM_DESC(warmup, "unrecorded samples taken first (default 100)");
 struct lat_dev {
 	struct pci_dev *pdev;
 	void __iomem *bar;
+	void __iomem *doorbell;
 	bool edu;
 	int irq;
 	u64 t_handler;
@@ -90,6 +94,8 @@ static u64 lat_sample(struct lat_dev *ld)
 	t0 = ktime_get_ns();
 	if (ld->edu)
 		iowrite32(1, ld->bar + EDU_REG_RAISE);
+	else if (ld->doorbell)
+		iowrite32(1, ld->doorbell); /* vector 0's doorbell */
 	else
 		iowrite32(0, ld->bar + IRQT_REG_FIRE); /* vector 0, count 1 */
 	limit = t0 + SAMPLE_TIMEOUT_NS;
@@ -169,6 +175,11 @@ static int lat_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		return -ENOMEM;
 	if (ld->edu)
 		pr_info("%s: edu id %#x\n", pci_name(pdev), ioread32(ld->bar + EDU_REG_ID));
+	if (!ld->edu && pci_resource_len(pdev, 1)) {
+		ld->doorbell = pcim_iomap(pdev, 1, 0);
+		if (!ld->doorbell)
+			return -ENOMEM;
+	}
 
 	nvec = pci_alloc_irq_vectors(pdev, 1, 1, ld->edu ? PCI_IRQ_MSI : PCI_IRQ_MSIX);
 	if (nvec < 1) {
@@ -194,8 +205,9 @@ static int lat_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 
 	if (ld->n) {
 		sort(ld->ns, ld->n, sizeof(u64), cmp_u64, NULL);
-		pr_info("IRQLAT-RESULT dev=%s irq=%s remapped=%d samples=%u lost=%u min_ns=%llu median_ns=%llu p99_ns=%llu max_ns=%llu\n",
-			name, ld->edu ? "msi" : "msix", irq_remapped(ld->irq), ld->n, ld->lost,
+		pr_info("IRQLAT-RESULT dev=%s irq=%s fire=%s remapped=%d samples=%u lost=%u min_ns=%llu median_ns=%llu p99_ns=%llu max_ns=%llu\n",
+			name, ld->edu ? "msi" : "msix", ld->doorbell ? "doorbell" : "register",
+			irq_remapped(ld->irq), ld->n, ld->lost,
 			ld->ns[0], ld->ns[ld->n / 2], ld->ns[(u64)ld->n * 99 / 100],
 			ld->ns[ld->n - 1]);
 	} else {

@@ -53,25 +53,7 @@ pub const MAX_QUEUES: usize = 1024;
 static GUEST_ERRORS: LazyLock<RateLimiter> =
     LazyLock::new(|| RateLimiter::new(10, Duration::from_secs(1)));
 
-/// Registers KVM ioeventfds (the VMM implements it over `KVM_IOEVENTFD`).
-pub trait IoEventRegistry: Send + Sync {
-    /// Makes a guest write of any width to `addr` signal `fd` in the kernel.
-    fn register_mmio(&self, addr: u64, fd: &EventFd) -> std::io::Result<()>;
-    /// Undoes [`register_mmio`](Self::register_mmio).
-    fn unregister_mmio(&self, addr: u64, fd: &EventFd) -> std::io::Result<()>;
-}
-
-/// No ioeventfds (unit tests, fuzzing): every notification is an MMIO exit.
-pub struct NoIoEvents;
-
-impl IoEventRegistry for NoIoEvents {
-    fn register_mmio(&self, _addr: u64, _fd: &EventFd) -> std::io::Result<()> {
-        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
-    }
-    fn unregister_mmio(&self, _addr: u64, _fd: &EventFd) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+pub use pci::{IoEventRegistry, NoIoEvents};
 
 /// Errors creating a transport (host-facing).
 #[derive(Debug, thiserror::Error)]

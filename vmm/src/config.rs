@@ -28,7 +28,7 @@ pub enum ConfigError {
     #[error("--memory size {0} bytes is not a multiple of 4 KiB: rejected (not rounded); {1} bytes would be")]
     MemoryNotPageAligned(u64, u64),
     /// `--device` could not be parsed.
-    #[error("invalid --device '{0}': expected irqtest[,vectors=N,ims=N] (vectors 1..=2048, ims 0..=65536), dsa[,wqs=N,engines=N,groups=N,ims=N,movdir64b=on|off] or vfio,host=DDDD:BB:DD.F[,msix=dynamic|reenable]")]
+    #[error("invalid --device '{0}': expected irqtest[,vectors=N,ims=N,doorbell=on|off] (vectors 1..=2048, ims 0..=65536), dsa[,wqs=N,engines=N,groups=N,ims=N,movdir64b=on|off] or vfio,host=DDDD:BB:DD.F[,msix=dynamic|reenable]")]
     Device(String),
     /// `--seccomp` could not be parsed.
     #[error("invalid --seccomp '{0}': expected on, log or off")]
@@ -156,6 +156,8 @@ pub enum DeviceConfig {
         vectors: usize,
         /// IMS table size (0: no IMS).
         ims: usize,
+        /// `doorbell=on`: per-vector doorbells in BAR1 that KVM delivers without an exit.
+        doorbell: bool,
     },
     /// An Intel DSA (idxd) device.
     Dsa {
@@ -222,7 +224,7 @@ impl DeviceConfig {
         }
     }
 
-    /// Parses `irqtest[,vectors=N,ims=N]` or `dsa[,...]`.
+    /// Parses `irqtest[,vectors=N,ims=N,doorbell=on|off]` or `dsa[,...]`.
     pub fn parse(spec: &str) -> Result<Self, ConfigError> {
         let bad = || ConfigError::Device(spec.to_string());
         let mut parts = spec.split(',');
@@ -230,8 +232,11 @@ impl DeviceConfig {
             Some("irqtest") => {
                 let mut vectors = IRQTEST_DEFAULT_VECTORS;
                 let mut ims = 0;
+                let mut doorbell = false;
                 for p in parts {
                     match p.split_once('=') {
+                        Some(("doorbell", "on")) => doorbell = true,
+                        Some(("doorbell", "off")) => doorbell = false,
                         Some(("ims", v)) => {
                             ims = v
                                 .parse()
@@ -249,7 +254,11 @@ impl DeviceConfig {
                         _ => return Err(bad()),
                     }
                 }
-                Ok(DeviceConfig::IrqTest { vectors, ims })
+                Ok(DeviceConfig::IrqTest {
+                    vectors,
+                    ims,
+                    doorbell,
+                })
             }
             Some("dsa") => {
                 let (mut wqs, mut engines, mut groups, mut ims) = (4u8, 4u8, 4u8, 256u16);
@@ -345,7 +354,7 @@ pub struct Cli {
     /// Serial console: tty, off or file=PATH.
     #[arg(long, default_value = "tty", value_name = "MODE")]
     pub serial: String,
-    /// Add a device: irqtest[,vectors=N,ims=N], dsa[,wqs=N,engines=N,groups=N,ims=N] or
+    /// Add a device: irqtest[,vectors=N,ims=N,doorbell=on|off], dsa[,wqs=N,engines=N,groups=N,ims=N] or
     /// vfio,host=DDDD:BB:DD.F[,msix=dynamic|reenable] (repeatable).
     #[arg(long = "device", value_name = "SPEC")]
     pub devices: Vec<String>,
@@ -707,6 +716,8 @@ mod tests {
             "irqtest,vectors=2048",
             "--device",
             "irqtest,ims=65536,vectors=4",
+            "--device",
+            "irqtest,doorbell=on",
         ])
         .unwrap();
         assert_eq!(
@@ -714,15 +725,23 @@ mod tests {
             vec![
                 DeviceConfig::IrqTest {
                     vectors: IRQTEST_DEFAULT_VECTORS,
-                    ims: 0
+                    ims: 0,
+                    doorbell: false,
                 },
                 DeviceConfig::IrqTest {
                     vectors: 2048,
-                    ims: 0
+                    ims: 0,
+                    doorbell: false,
                 },
                 DeviceConfig::IrqTest {
                     vectors: 4,
-                    ims: 65536
+                    ims: 65536,
+                    doorbell: false,
+                },
+                DeviceConfig::IrqTest {
+                    vectors: IRQTEST_DEFAULT_VECTORS,
+                    ims: 0,
+                    doorbell: true,
                 }
             ]
         );
@@ -732,6 +751,7 @@ mod tests {
             "irqtest,ims=65537",
             "irqtest,ims=-1",
             "irqtest,x=1",
+            "irqtest,doorbell=yes",
             "nvme",
             "",
             "vfio",

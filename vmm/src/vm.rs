@@ -473,10 +473,19 @@ impl Vm {
                 .ok_or_else(|| VmError::Device("no free PCI slot".into()))?;
             let requester = RequesterId::pci(0, slot, 0);
             let device: Arc<Mutex<dyn PciDevice>> = match dev {
-                DeviceConfig::IrqTest { vectors, ims } => Arc::new(Mutex::new(
-                    IrqTest::with_ims(&hierarchy, requester, *vectors, *ims)
-                        .map_err(|e| VmError::Device(e.to_string()))?,
-                )),
+                DeviceConfig::IrqTest {
+                    vectors,
+                    ims,
+                    doorbell,
+                } => {
+                    let mut d = IrqTest::with_ims(&hierarchy, requester, *vectors, *ims)
+                        .map_err(|e| VmError::Device(e.to_string()))?;
+                    if *doorbell {
+                        d.enable_doorbells(Arc::new(KvmIoEvents(vm.clone())))
+                            .map_err(|e| VmError::Device(e.to_string()))?;
+                    }
+                    Arc::new(Mutex::new(d))
+                }
                 DeviceConfig::Vfio { msix, .. } => {
                     let host = vfio_hosts
                         .next()
