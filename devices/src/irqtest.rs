@@ -735,27 +735,12 @@ mod tests {
         d.write_config(off, &control::ENABLE.to_le_bytes());
     }
 
-    /// Records ioeventfd (un)registrations: (registered?, address).
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<(bool, u64)>>);
-
-    impl IoEventRegistry for Recorder {
-        fn register_mmio(&self, addr: u64, _fd: &EventFd) -> std::io::Result<()> {
-            self.0.lock().unwrap().push((true, addr));
-            Ok(())
-        }
-        fn unregister_mmio(&self, addr: u64, _fd: &EventFd) -> std::io::Result<()> {
-            self.0.lock().unwrap().push((false, addr));
-            Ok(())
-        }
-    }
-
     #[test]
     fn doorbells_are_ioeventfds_while_their_vector_is_direct_and_follow_bar1() {
         let (_, mut d) = setup(4);
-        let rec = Arc::new(Recorder::default());
+        let rec = Arc::new(pci::RecordingIoEvents::default());
         d.enable_doorbells(rec.clone()).unwrap();
-        let take = || std::mem::take(&mut *rec.0.lock().unwrap());
+        let take = || rec.take();
         assert_eq!(d.config().bar(IRQTEST_DOORBELL_BAR).unwrap().size, 0x1000);
         enable_msix(&mut d);
         d.bar_write(2, 16, &0xfee0_0000u32.to_le_bytes());

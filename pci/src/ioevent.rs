@@ -22,3 +22,31 @@ impl IoEventRegistry for NoIoEvents {
         Ok(())
     }
 }
+
+/// Accepts every registration and records it (unit tests): `(registered, address)` in order.
+#[derive(Default)]
+pub struct RecordingIoEvents(std::sync::Mutex<Vec<(bool, u64)>>);
+
+impl RecordingIoEvents {
+    /// The (un)registrations recorded since the last call.
+    pub fn take(&self) -> Vec<(bool, u64)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl IoEventRegistry for RecordingIoEvents {
+    fn register_mmio(&self, addr: u64, _fd: &EventFd) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((true, addr));
+        Ok(())
+    }
+    fn unregister_mmio(&self, addr: u64, _fd: &EventFd) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((false, addr));
+        Ok(())
+    }
+}

@@ -15,7 +15,7 @@ pub use bus::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 pub use config::{Bar, BarKind, ConfigSpace};
 pub use device::PciDevice;
 pub use host_bridge::HostBridge;
-pub use ioevent::{IoEventRegistry, NoIoEvents};
+pub use ioevent::{IoEventRegistry, NoIoEvents, RecordingIoEvents};
 pub use msi::MsiCapability;
 pub use msix::{MsixCapability, MsixLayout};
 

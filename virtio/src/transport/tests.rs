@@ -2,6 +2,7 @@ use std::sync::Mutex;
 
 use interrupt::{KvmVectorLayer, NoRemap, RecordingBackend};
 use pci::config::command;
+use pci::RecordingIoEvents;
 use vm_memory::GuestAddress;
 
 use super::*;
@@ -51,24 +52,10 @@ impl VirtioDevice for Mock {
     }
 }
 
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(bool, u64)>>);
-
-impl IoEventRegistry for Recorder {
-    fn register_mmio(&self, addr: u64, _fd: &EventFd) -> std::io::Result<()> {
-        self.0.lock().unwrap().push((true, addr));
-        Ok(())
-    }
-    fn unregister_mmio(&self, addr: u64, _fd: &EventFd) -> std::io::Result<()> {
-        self.0.lock().unwrap().push((false, addr));
-        Ok(())
-    }
-}
-
 struct T {
     d: VirtioPciDevice,
     log: Arc<Mutex<Log>>,
-    io: Arc<Recorder>,
+    io: Arc<RecordingIoEvents>,
 }
 
 fn setup() -> T {
@@ -82,7 +69,7 @@ fn setup() -> T {
     );
     let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let log = Arc::new(Mutex::new(Log::default()));
-    let io = Arc::new(Recorder::default());
+    let io = Arc::new(RecordingIoEvents::default());
     let d = VirtioPciDevice::new(
         Box::new(Mock(log.clone())),
         &h,
@@ -193,18 +180,14 @@ fn ioeventfds_follow_bar_placement() {
     // Decode is off: nothing registered yet.
     t.d.write_config(reg::COMMAND, &command::MEMORY.to_le_bytes());
     let base = 0x1_0000_0000 + NOTIFY_OFFSET;
-    assert_eq!(
-        *t.io.0.lock().unwrap(),
-        vec![(true, base), (true, base + 4)]
-    );
-    t.io.0.lock().unwrap().clear();
+    assert_eq!(t.io.take(), vec![(true, base), (true, base + 4)]);
     // Linux's BAR sizing: decode off, all ones, restore.
     t.d.write_config(reg::COMMAND, &0u16.to_le_bytes());
     t.d.write_config(reg::BAR0 + 4, &2u32.to_le_bytes());
     t.d.write_config(reg::COMMAND, &command::MEMORY.to_le_bytes());
     let moved = 0x2_0000_0000 + NOTIFY_OFFSET;
     assert_eq!(
-        *t.io.0.lock().unwrap(),
+        t.io.take(),
         vec![
             (false, base),
             (false, base + 4),
