@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::JoinHandle;
 
 use log::error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -49,19 +50,40 @@ enum Action {
     Gone,
 }
 
-/// The relay of one hierarchy (its thread starts with the first watched trigger).
-pub(crate) struct Relay {
+/// Epoll data of the stop eventfd (watched triggers use their descriptor).
+const STOP: u64 = u64::MAX;
+
+/// What the relay thread owns: the epoll set and the eventfd that stops it.
+struct Waiter {
     epoll: Epoll,
+    stop: EventFd,
+}
+
+/// The relay of one hierarchy (its thread starts with the first watched trigger and is
+/// stopped and joined when the relay goes away).
+pub(crate) struct Relay {
+    waiter: Arc<Waiter>,
     targets: Mutex<HashMap<RawFd, Target>>,
-    thread: OnceLock<()>,
+    started: OnceLock<()>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Relay {
     pub(crate) fn new() -> std::io::Result<Arc<Self>> {
-        Ok(Arc::new(Self {
+        let waiter = Waiter {
             epoll: Epoll::new()?,
+            stop: EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?,
+        };
+        waiter.epoll.ctl(
+            ControlOperation::Add,
+            waiter.stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP),
+        )?;
+        Ok(Arc::new(Self {
+            waiter: Arc::new(waiter),
             targets: Mutex::new(HashMap::new()),
-            thread: OnceLock::new(),
+            started: OnceLock::new(),
+            thread: Mutex::new(None),
         }))
     }
 
@@ -96,7 +118,7 @@ impl Relay {
         }
         t.insert(fd, target);
         let event = EpollEvent::new(EventSet::IN, fd as u64);
-        if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd, event) {
+        if let Err(e) = self.waiter.epoll.ctl(ControlOperation::Add, fd, event) {
             t.remove(&fd);
             return Err(e);
         }
@@ -112,7 +134,8 @@ impl Relay {
         if t.remove(&fd).is_none() {
             return Ok(());
         }
-        self.epoll
+        self.waiter
+            .epoll
             .ctl(ControlOperation::Delete, fd, EpollEvent::default())
     }
 
@@ -124,26 +147,29 @@ impl Relay {
     /// Starts the relay thread if it is not running (done when a host-signalled domain is
     /// created, so the thread never starts from a confined vCPU thread).
     pub(crate) fn start(self: &Arc<Self>) {
-        self.thread.get_or_init(|| {
+        self.started.get_or_init(|| {
             let me = Arc::downgrade(self);
+            let waiter = self.waiter.clone();
             let spawned = std::thread::Builder::new()
                 .name("irq-relay".into())
                 .stack_size(256 * 1024)
                 .spawn(move || {
                     crate::worker::thread_started("irq-relay");
-                    Self::run(me)
+                    Self::run(&waiter, me)
                 });
-            if let Err(e) = spawned {
-                error!("cannot start the interrupt relay thread: {e}");
+            match spawned {
+                Ok(h) => *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(h),
+                Err(e) => error!("cannot start the interrupt relay thread: {e}"),
             }
         });
     }
 
-    fn run(me: Weak<Self>) {
+    /// The thread: holds the relay only while it hands out signals, and ends when the stop
+    /// eventfd is signalled or the relay is gone.
+    fn run(waiter: &Waiter, me: Weak<Self>) {
         let mut events = vec![EpollEvent::default(); 64];
         loop {
-            let Some(relay) = me.upgrade() else { return };
-            let n = match relay.epoll.wait(1000, &mut events) {
+            let n = match waiter.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -151,6 +177,10 @@ impl Relay {
                     return;
                 }
             };
+            if events[..n].iter().any(|ev| ev.data() == STOP) {
+                return;
+            }
+            let Some(relay) = me.upgrade() else { return };
             for ev in &events[..n] {
                 let fd = ev.data() as RawFd;
                 let action = relay.targets().get(&fd).map(|t| match t {
@@ -165,15 +195,68 @@ impl Relay {
                     // The owner is gone: stop watching its descriptor.
                     Some(Action::Gone) => {
                         relay.targets().remove(&fd);
-                        let _ =
-                            relay
-                                .epoll
-                                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                        let _ = relay.waiter.epoll.ctl(
+                            ControlOperation::Delete,
+                            fd,
+                            EpollEvent::default(),
+                        );
                     }
                     // Unwatched since epoll_wait returned.
                     None => {}
                 }
             }
         }
+    }
+}
+
+impl Drop for Relay {
+    /// Stops the thread and waits for it, unless this runs on the thread itself (it held
+    /// the last reference while handing out a signal): then it ends right after.
+    fn drop(&mut self) {
+        let _ = self.waiter.stop.write(1);
+        let handle = self
+            .thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    struct Nop;
+
+    impl SignalListener for Nop {
+        fn signalled(&self) {}
+    }
+
+    #[test]
+    fn dropping_the_relay_stops_and_joins_its_thread() {
+        let relay = Relay::new().unwrap();
+        let fd = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let l: Arc<dyn SignalListener> = Arc::new(Nop);
+        relay.watch_listener(&fd, Arc::downgrade(&l)).unwrap();
+        assert!(relay.thread.lock().unwrap().is_some(), "the thread started");
+        assert_eq!(
+            Arc::strong_count(&relay),
+            1,
+            "a waiting thread holds no reference"
+        );
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(relay);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("dropping the relay stopped and joined its thread");
     }
 }
