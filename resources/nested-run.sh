@@ -264,8 +264,9 @@ while IFS= read -r a; do
 done < /vmm-args
 while IFS= read -r e; do [ -n "$e" ] && export "$e"; done < /vmm-env
 # heartbeat for nested-run.sh's L1 watchdog: one byte every 2 s to the isa-debugcon port
-# 0x402 (/dev/port: no driver, no interrupt); its pid is kept so a test can stop it
-( while :; do printf h | dd of=/dev/port bs=1 seek=1026 count=1 2>/dev/null; sleep 2; done ) &
+# 0x4fe (/dev/port: no driver, no interrupt; not 0x402, where SeaBIOS logs); its pid is
+# kept so a test can stop it
+( while :; do printf h | dd of=/dev/port bs=1 seek=1278 count=1 2>/dev/null; sleep 2; done ) &
 heartbeat=$!
 echo "$heartbeat" > /tmp/heartbeat.pid
 watcher=""
@@ -334,7 +335,7 @@ QEMU_DEBUG=(-d guest_errors,cpu_reset -D "$QEMU_LOG")
 HB_LOG="$WORK/heartbeat"
 MON="$WORK/monitor.sock"
 : > "$HB_LOG"
-HB_QEMU=(-chardev "file,id=hb,path=$HB_LOG" -device "isa-debugcon,iobase=0x402,chardev=hb"
+HB_QEMU=(-chardev "file,id=hb,path=$HB_LOG" -device "isa-debugcon,iobase=0x4fe,chardev=hb"
     -monitor "unix:$MON,server=on,wait=off" -pidfile "$WORK/qemu.pid")
 
 # Runs beside QEMU: once the heartbeat has started, a pause of $WATCHDOG seconds means L1

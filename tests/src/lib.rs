@@ -843,10 +843,7 @@ impl GuestSession {
         let (a, b) = marker.split_at(marker.len() / 2);
         let echo_tag = format!("\"{a}\"\"{b}\"");
         self.send_line(&format!("{cmd}; echo {echo_tag}"));
-        if let Err(e) = self.wait_for(marker, timeout) {
-            let threads = self.vmm_threads();
-            panic!("`{cmd}`: {e}{threads}");
-        }
+        self.wait_typed(cmd, marker, timeout);
         let lines: Vec<String> = self.lines().into_iter().map(|l| l.text).collect();
         let end = lines
             .iter()
@@ -1059,6 +1056,19 @@ impl GuestSession {
             .filter_map(|l| l.text.split_once(L1_LINE).map(|(_, t)| t.to_string()))
             .collect();
         Ok((out, rc))
+    }
+
+    /// Waits for the line with `needle` that typed command `cmd` prints (see `wait_for`);
+    /// on failure panics naming `cmd`, with what the vmm's threads are doing when L1 can
+    /// still tell (nested mode).
+    pub fn wait_typed(&mut self, cmd: &str, needle: &str, timeout: Duration) -> String {
+        match self.wait_for(needle, timeout) {
+            Ok(line) => line,
+            Err(e) => {
+                let threads = self.vmm_threads();
+                panic!("`{cmd}`: {e}{threads}")
+            }
+        }
     }
 
     /// After a timeout in nested mode, while L1 still runs: each vmm thread's name, state,

@@ -402,10 +402,7 @@ impl Guest {
         let marker = format!("{tag} rc=");
         let t = Instant::now();
         self.s.send_line(&format!("{cmd}; echo {typed_tag} rc=$?"));
-        let done = self
-            .s
-            .wait_for(&marker, self.timeout)
-            .unwrap_or_else(|e| panic!("`{cmd}`: {e}"));
+        let done = self.s.wait_typed(cmd, &marker, self.timeout);
         let rc: i32 = done
             .split_once(&marker)
             .and_then(|(_, r)| r.trim().parse().ok())
