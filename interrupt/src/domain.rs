@@ -553,12 +553,19 @@ impl DeviceDomain {
             }
             d.started = true;
         }
-        self.sync_trigger(index, d)
+        self.sync_trigger(index, d)?;
+        // Signals found in the trigger as it attached are pending; an unmasked vector gets
+        // them now, whoever called (an unmask, a message change, a re-translation).
+        if !d.masked && d.pending {
+            d.pending = false;
+            self.deliver(index, d);
+        }
+        Ok(())
     }
 
     /// Binds the trigger to KVM when the vector can take the direct path (active, unmasked,
     /// routed), otherwise detaches it and lets the relay watch it. Signals that arrived while
-    /// detached are kept as pending, to be delivered once by the caller.
+    /// detached are kept as pending, to be delivered once by `activate_host`.
     fn sync_trigger(&self, index: usize, d: &mut VectorDesc) -> Result<()> {
         let Some(trigger) = d.trigger.clone() else {
             return Ok(());
@@ -1168,25 +1175,56 @@ mod tests {
         assert_eq!(d.relayed(0), 1);
     }
 
+    /// Passes messages through unless told to block.
+    #[derive(Default)]
+    struct SwitchRemap {
+        block: AtomicBool,
+    }
+
+    impl crate::remap::RemapLayer for SwitchRemap {
+        fn name(&self) -> &str {
+            "switch"
+        }
+        fn remap(&self, _r: RequesterId, m: MsiMessage) -> RemapOutcome {
+            if self.block.load(Ordering::Relaxed) {
+                RemapOutcome::Blocked
+            } else {
+                RemapOutcome::Deliver(m)
+            }
+        }
+    }
+
+    #[test]
+    fn signals_found_as_a_trigger_attaches_are_delivered_not_left_pending() {
+        let b = Arc::new(RecordingBackend::default());
+        let l = Arc::new(KvmVectorLayer::new(b.clone(), 24, 4096));
+        let remap = Arc::new(SwitchRemap::default());
+        let h = InterruptHierarchy::new(l, remap.clone());
+        let chip = Arc::new(RecordingChip::default());
+        let d = h.create_domain_with_chip("pt", DomainKind::MsiX, RequesterId(8), 1, None, chip);
+        let t = d.trigger(0).unwrap();
+        d.set_message(0, Some(msg(0x40))).unwrap();
+        d.set_masked(0, false).unwrap();
+        remap.block.store(true, Ordering::Relaxed);
+        d.retranslate(RetranslateScope::All).unwrap();
+        assert!(!d.vector_snapshot(0).unwrap().attached);
+        // a signal the relay has not handled yet (it is not watching) when the vector,
+        // still unmasked, is re-translated to a deliverable message and attaches
+        h.relay().unwrap().unwatch(&t).unwrap();
+        t.write(1).unwrap();
+        remap.block.store(false, Ordering::Relaxed);
+        d.retranslate(RetranslateScope::All).unwrap();
+        let s = d.vector_snapshot(0).unwrap();
+        assert!(s.attached);
+        assert!(
+            !s.pending,
+            "an unmasked vector does not hold an interrupt pending"
+        );
+        assert_eq!((s.relayed, s.deliveries), (1, 1));
+    }
+
     #[test]
     fn blocked_remap_detaches_and_the_relay_counts_the_drop() {
-        /// Passes messages through unless told to block.
-        #[derive(Default)]
-        struct SwitchRemap {
-            block: std::sync::atomic::AtomicBool,
-        }
-        impl crate::remap::RemapLayer for SwitchRemap {
-            fn name(&self) -> &str {
-                "switch"
-            }
-            fn remap(&self, _r: RequesterId, m: MsiMessage) -> RemapOutcome {
-                if self.block.load(Ordering::Relaxed) {
-                    RemapOutcome::Blocked
-                } else {
-                    RemapOutcome::Deliver(m)
-                }
-            }
-        }
         let b = Arc::new(RecordingBackend::default());
         let l = Arc::new(KvmVectorLayer::new(b.clone(), 24, 4096));
         let remap = Arc::new(SwitchRemap::default());
