@@ -1194,8 +1194,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn signals_found_as_a_trigger_attaches_are_delivered_not_left_pending() {
+    /// A host-signalled domain of one vector behind a [`SwitchRemap`], the vector unmasked
+    /// with a message (so attached), and its trigger.
+    #[allow(clippy::type_complexity)]
+    fn switch_domain() -> (
+        Arc<RecordingBackend>,
+        Arc<InterruptHierarchy>,
+        Arc<SwitchRemap>,
+        Arc<DeviceDomain>,
+        Arc<EventFd>,
+    ) {
         let b = Arc::new(RecordingBackend::default());
         let l = Arc::new(KvmVectorLayer::new(b.clone(), 24, 4096));
         let remap = Arc::new(SwitchRemap::default());
@@ -1205,6 +1213,12 @@ mod tests {
         let t = d.trigger(0).unwrap();
         d.set_message(0, Some(msg(0x40))).unwrap();
         d.set_masked(0, false).unwrap();
+        (b, h, remap, d, t)
+    }
+
+    #[test]
+    fn signals_found_as_a_trigger_attaches_are_delivered_not_left_pending() {
+        let (_b, h, remap, d, t) = switch_domain();
         remap.block.store(true, Ordering::Relaxed);
         d.retranslate(RetranslateScope::All).unwrap();
         assert!(!d.vector_snapshot(0).unwrap().attached);
@@ -1225,15 +1239,7 @@ mod tests {
 
     #[test]
     fn blocked_remap_detaches_and_the_relay_counts_the_drop() {
-        let b = Arc::new(RecordingBackend::default());
-        let l = Arc::new(KvmVectorLayer::new(b.clone(), 24, 4096));
-        let remap = Arc::new(SwitchRemap::default());
-        let h = InterruptHierarchy::new(l, remap.clone());
-        let chip = Arc::new(RecordingChip::default());
-        let d = h.create_domain_with_chip("pt", DomainKind::MsiX, RequesterId(8), 1, None, chip);
-        let t = d.trigger(0).unwrap();
-        d.set_message(0, Some(msg(0x40))).unwrap();
-        d.set_masked(0, false).unwrap();
+        let (b, _h, remap, d, t) = switch_domain();
         assert!(d.vector_snapshot(0).unwrap().attached);
         remap.block.store(true, Ordering::Relaxed);
         assert_eq!(d.retranslate(RetranslateScope::All).unwrap(), 1);
