@@ -134,6 +134,12 @@ fn host_tap_created_then_removed() {
     assert!(tap.created());
     assert!(iface_exists(&name), "tap {name} not created");
     drop(tap);
+    // The tap goes when its last descriptor closes: a child another test thread forks
+    // meanwhile holds a copy (close-on-exec) until it execs, so allow a moment for that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while iface_exists(&name) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(!iface_exists(&name), "tap {name} left behind");
 }
 
